@@ -1,0 +1,39 @@
+# Two set-up commands (see README): `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## The main job on the embedded default (no cluster): prototypes -> substitution -> windows.
+demo: $(STAMP)
+	$(BIN)/htvs prototypes --source bundled
+	$(BIN)/htvs substitute --prototypes bundled --out $(DEMO_OUT)/substitution
+	@for f in Li7La3Zr2O12 Li3PS4 Li10GeP2S12 Li6PS5Cl Li3InCl6 LiPON Li3ClSO4; do \
+		$(BIN)/htvs window $$f || true; done
+
+## The whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## Benchmarks (minutes; results go to BENCHMARKS.md by hand with date and command).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_substitution.py
+	$(BIN)/python benchmarks/bench_thermo.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build src/*.egg-info

@@ -1,0 +1,169 @@
+"""Typed loaders for the reference data bundled in ``htvs/data`` (see ``data/README.md``).
+
+Nothing is read at import; every loader reads on first call and caches the result per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from htvs.errors import DataNotFound
+
+OBELIX_SPLITS = ("all", "train", "test")
+MP_TABLES = (
+    "mp_e_form",
+    "mp_gap",
+    "bartel_ef_train",
+    "bartel_ef_val",
+    "bartel_ef_test",
+    "mp_e_hull_train",
+    "mp_e_hull_val",
+    "mp_e_hull_test",
+)
+
+
+def data_path(relative: str) -> Path:
+    """Absolute path of a bundled data file, e.g. ``data_path("mp/mp_e_form.csv.gz")``."""
+    path = Path(str(resources.files("htvs") / "data" / relative))
+    if not path.is_file():
+        raise DataNotFound(f"bundled data file {relative!r} not found at {path}")
+    return path
+
+
+_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
+
+
+def _reduce_formulas(formulas: pd.Series) -> pd.Series:
+    """pymatgen reduced formulas of simple integer formulas ("Li2O1"), vectorized.
+
+    Formulas that are not plain element/integer sequences go through pymatgen one by one.
+    """
+    from pymatgen.core import Composition, Element
+
+    from htvs.substitution.formula_strings import reduced_formula_strings
+
+    symbols = tuple(el.symbol for el in Element)
+    index_of = {s: i for i, s in enumerate(symbols)}
+    parsed: list[list[tuple[int, int]] | None] = []
+    for text in formulas.tolist():
+        tokens = _TOKEN.findall(text)
+        if "".join(a + b for a, b in tokens) != text or any(a not in index_of for a, _ in tokens):
+            parsed.append(None)
+            continue
+        amounts: dict[int, int] = {}
+        for symbol, digits in tokens:
+            amounts[index_of[symbol]] = amounts.get(index_of[symbol], 0) + (int(digits) if digits else 1)
+        parsed.append(list(amounts.items()))
+    width = max((len(p) for p in parsed if p), default=1)
+    element_index = np.zeros((len(parsed), width), dtype=np.int64)
+    amount = np.zeros((len(parsed), width), dtype=np.int64)
+    for row, pairs in enumerate(parsed):
+        for col, (element, count) in enumerate(pairs or []):
+            element_index[row, col] = element
+            amount[row, col] = count
+    reduced = reduced_formula_strings(element_index, amount, symbols)
+    for row, pairs in enumerate(parsed):
+        if pairs is None:
+            reduced[row] = Composition(formulas.iloc[row]).reduced_formula
+    return pd.Series(reduced, index=formulas.index, dtype=object)
+
+
+def load_formula_table(name: str) -> pd.DataFrame:
+    """One of the bundled ``formula,target`` tables (``MP_TABLES`` or ``"expt_gap"``), as shipped.
+
+    Returns:
+        DataFrame with columns ``formula`` (str, as in the source) and ``target`` (float64;
+        eV/atom for formation energies and hull distances, eV for band gaps).
+    """
+    if name == "expt_gap":
+        rel = "expt/expt_gap.csv.gz"
+    elif name in MP_TABLES:
+        rel = f"mp/{name}.csv.gz"
+    else:
+        raise DataNotFound(f"unknown formula table {name!r}; choose from {[*MP_TABLES, 'expt_gap']}")
+    frame = pd.read_csv(data_path(rel), dtype={"formula": str, "target": np.float64})
+    return frame.loc[:, ["formula", "target"]]
+
+
+@functools.cache
+def load_mp_formation_energies() -> pd.DataFrame:
+    """Lowest MP formation energy per reduced formula (matbench ``mp_e_form``, MP v2018.10).
+
+    Returns:
+        DataFrame sorted by formula with columns ``formula`` (pymatgen reduced formula, unique)
+        and ``e_form_ev_per_atom`` (float64, eV/atom, the lowest over polymorphs).
+    """
+    raw = load_formula_table("mp_e_form")
+    raw["formula"] = _reduce_formulas(raw["formula"])
+    lowest = raw.groupby("formula", sort=True)["target"].min().reset_index()
+    return lowest.rename(columns={"target": "e_form_ev_per_atom"})
+
+
+@functools.cache
+def reference_elements() -> frozenset[str]:
+    """Symbols of the 89 elements with an MP ground-state reference entry (2023-02-07)."""
+    with gzip.open(data_path("mp/mp_elemental_reference_entries_2023-02-07.json.gz"), "rt") as fh:
+        entries = json.load(fh)
+    return frozenset(entries.keys() if isinstance(entries, dict) else (e["composition"] for e in entries))
+
+
+def _parse_conductivity(text: object) -> tuple[float, bool]:
+    """OBELiX conductivity cell -> (S/cm, censored). ``"<1E-10"`` is an upper bound."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return float("nan"), False
+    raw = str(text).strip()
+    if raw.startswith("<"):
+        return float(raw[1:]), True
+    return float(raw), False
+
+
+@functools.cache
+def load_obelix(split: str = "all") -> pd.DataFrame:
+    """The OBELiX table (Therrien et al. 2026, CC BY 4.0) for ``split`` in ``OBELIX_SPLITS``.
+
+    Adds ``sigma_s_cm`` (float, S/cm; for censored rows the bound), ``sigma_censored`` (bool)
+    and ``log10_sigma`` to the source columns.
+    """
+    if split not in OBELIX_SPLITS:
+        raise DataNotFound(f"unknown OBELiX split {split!r}; choose from {OBELIX_SPLITS}")
+    frame = pd.read_csv(data_path(f"obelix/{split}.csv.gz"), dtype={"ID": str})
+    parsed = frame["Ionic conductivity (S cm-1)"].map(_parse_conductivity)
+    frame["sigma_s_cm"] = [value for value, _ in parsed]
+    frame["sigma_censored"] = [flag for _, flag in parsed]
+    frame["log10_sigma"] = np.log10(frame["sigma_s_cm"].astype(float))
+    return frame
+
+
+@dataclass(frozen=True)
+class CifText:
+    """A CIF file's text with its identifier (the OBELiX entry ``ID``)."""
+
+    id: str
+    text: str
+
+
+@functools.cache
+def load_obelix_cifs() -> tuple[CifText, ...]:
+    """All 321 OBELiX CIFs, sorted by ID, read from the bundled tarball."""
+    out: list[CifText] = []
+    with tarfile.open(data_path("obelix/all_cifs.tar.gz"), "r:gz") as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or not member.name.endswith(".cif"):
+                continue
+            handle = tar.extractfile(member)
+            if handle is None:
+                continue
+            text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace").read()
+            out.append(CifText(id=Path(member.name).stem, text=text))
+    return tuple(sorted(out, key=lambda c: c.id))
