@@ -277,5 +277,10 @@ def _chemsys_strings(
     order = np.argsort(key, axis=1)
     sorted_index = np.take_along_axis(element_index, order, axis=1)
     used = np.take_along_axis(amount > 0, order, axis=1)
-    text = np.where(used, np.array(symbols, dtype=object)[sorted_index], None)
-    return ["-".join(s for s in row if s is not None) for row in text.tolist()]
+    text = np.array(symbols, dtype=object)[sorted_index]
+    out = np.full(text.shape[0], "", dtype=object)
+    for column in range(text.shape[1]):
+        piece = np.where(used[:, column], text[:, column], "")
+        separator = np.where((out != "") & used[:, column], "-", "")
+        out = out + separator + piece
+    return out.tolist()

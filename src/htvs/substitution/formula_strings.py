@@ -74,23 +74,36 @@ def reduced_formula_strings(
     poly_factor = np.gcd(amount[:, -1], amount[:, -2]) if amount.shape[1] >= 2 else factor
     polyanion = (n_used >= 3) & close & (poly_factor != 1)
 
+    # string assembly with object-array concatenation (a C loop over Python str objects)
     symbol_text = np.array(symbols, dtype=object)
     max_amount = int(amount.max())
     amount_text = np.array([_amount_text(a) for a in range(max_amount + 1)], dtype=object)
     parts = np.where(used, symbol_text[element_index] + amount_text[amount], "")
-
-    out = ["".join(row) for row in parts.tolist()]
-    for i in np.flatnonzero(polyanion).tolist():
-        pf = int(poly_factor[i])
-        head = "".join(parts[i, :-2].tolist())
+    out_array = _concat_columns(parts)
+    if polyanion.any() and amount.shape[1] >= 2:
+        rows = np.flatnonzero(polyanion)
+        pf = poly_factor[rows]
+        head = _concat_columns(parts[rows, :-2])
         tail = (
-            f"{symbols[element_index[i, -2]]}{_amount_text(int(amount[i, -2]) // pf)}"
-            f"{symbols[element_index[i, -1]]}{_amount_text(int(amount[i, -1]) // pf)}"
+            symbol_text[element_index[rows, -2]]
+            + amount_text[amount[rows, -2] // pf]
+            + symbol_text[element_index[rows, -1]]
+            + amount_text[amount[rows, -1] // pf]
         )
-        out[i] = f"{head}({tail}){pf}"
+        pf_text = np.array([str(v) for v in pf.tolist()], dtype=object)
+        out_array[rows] = head + "(" + tail + ")" + pf_text
+    out: list[str] = out_array.tolist()
     special = Composition.special_formulas
     binary = np.flatnonzero(n_used <= 2).tolist()
     for i in binary:
         if out[i] in special:
             out[i] = special[out[i]]
+    return out
+
+
+def _concat_columns(parts: np.ndarray) -> np.ndarray:
+    """Row-wise concatenation of a 2-D object array of strings."""
+    out = np.full(parts.shape[0], "", dtype=object)
+    for column in range(parts.shape[1]):
+        out = out + parts[:, column]
     return out
