@@ -1,0 +1,449 @@
+"""The reference convex hull (MP formation energies) and energies above it.
+
+:class:`ReferenceHull` indexes a table of formation energies by element set once; the entries
+of a chemical system are then the union over its subsets. Per chemical system it builds (and
+keeps in bounded LRU caches) a pymatgen ``PhaseDiagram`` and a :class:`FacetModel` with the
+facets' inverse vertex matrices, so that energies above the hull of many formulas are a few
+numpy operations per chemical system instead of one ``PhaseDiagram`` per formula.
+
+Energies are formation energies in eV/atom relative to the elements, which are always present
+at 0 eV/atom. Nothing is loaded at import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from pymatgen.core import Composition
+
+from htvs.errors import HTVSError, InvalidInput, StageFailed
+from htvs.formula import parse_composition
+from htvs.thermo.facets import FacetModel
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+
+# pymatgen.analysis.phase_diagram pulls in matplotlib and scipy (~1 s): imported where used.
+
+_SYMBOL = re.compile(r"[A-Z][a-z]?")
+#: An element row of the reference table below this (eV/atom) contradicts the 0 reference.
+_ELEMENT_REF_TOL = 1e-6
+
+ChemsysLike = str | Composition | Iterable[str]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    """A small thread-safe least-recently-used cache of bounded size."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_build(self, key: K, build: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return self._data[key]
+            self.misses += 1
+        value = build()  # outside the lock: a duplicate build is harmless
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A batch row that could not be computed; the other rows are unaffected.
+
+    Attributes:
+        index: position of the row in the input.
+        formula: the formula as given.
+        error: a message naming the offending value.
+        kind: the exception class, e.g. ``"InvalidInput"``.
+    """
+
+    index: int
+    formula: str
+    error: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class HullResult:
+    """Energy above the reference hull of one composition.
+
+    Attributes:
+        formula: pymatgen reduced formula.
+        e_form_ev_per_atom: the formation energy that was given, eV/atom.
+        e_above_hull_ev_per_atom: ``e_form - E_hull(composition)``, eV/atom. Negative when the
+            compound lies below the current reference hull (it would be a new stable phase);
+            this is pymatgen's ``allow_negative=True`` convention.
+        decomposition: the reference hull's equilibrium phases at this composition as
+            ``(reduced formula, atomic fraction)``, largest fraction first. A composition that is
+            itself a stable reference phase decomposes into itself.
+    """
+
+    formula: str
+    e_form_ev_per_atom: float
+    e_above_hull_ev_per_atom: float
+    decomposition: tuple[tuple[str, float], ...]
+
+
+class ReferenceHull:
+    """Formation energies indexed by element set, with cached per-chemical-system hulls.
+
+    Build with :meth:`from_table` or :meth:`bundled`. Elements are always present at
+    0 eV/atom (element rows of the table are replaced by that reference).
+
+    Args:
+        rows: ``{element set: ((reduced formula, E_f eV/atom), ...)}`` without element rows.
+        elements: symbols a formula may use.
+        source: a short label of the data, used in error messages (e.g. ``"MP"``).
+        cache_size: most chemical systems kept per cache (diagrams and facet models).
+    """
+
+    def __init__(
+        self,
+        rows: Mapping[frozenset[str], Sequence[tuple[str, float]]],
+        elements: Iterable[str],
+        *,
+        source: str = "table",
+        cache_size: int = 256,
+    ) -> None:
+        if cache_size < 1:
+            raise InvalidInput(f"cache_size must be >= 1, got {cache_size}")
+        self._rows = {key: tuple(value) for key, value in rows.items()}
+        self.elements: frozenset[str] = frozenset(elements)
+        self.source = source
+        self._pd_entries: dict[str, PDEntry] = {}
+        self._diagrams: _LRU[frozenset[str], PhaseDiagram] = _LRU(cache_size)
+        self._models: _LRU[frozenset[str], FacetModel] = _LRU(4 * cache_size)
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_table(
+        cls,
+        table: pd.DataFrame,
+        *,
+        elements: Iterable[str] | None = None,
+        source: str = "table",
+        cache_size: int = 256,
+        validate: bool = True,
+    ) -> ReferenceHull:
+        """Index a table with columns ``formula`` and ``e_form_ev_per_atom`` (eV/atom).
+
+        Args:
+            table: one row per compound; duplicate compositions keep the lowest energy.
+            elements: allowed element symbols; default: those in the table.
+            source: label used in error messages.
+            cache_size: see :class:`ReferenceHull`.
+            validate: parse every formula with pymatgen (reduce it, check the elements). With
+                ``False`` the formulas must already be pymatgen reduced formulas (as in the
+                bundled table) and are only scanned for element symbols, which is much faster.
+
+        Raises:
+            InvalidInput: missing column, unparsable formula, non-finite energy, or an element
+                row below 0 eV/atom.
+        """
+        missing = {"formula", "e_form_ev_per_atom"} - set(table.columns)
+        if missing:
+            raise InvalidInput(f"reference table lacks column(s) {sorted(missing)}")
+        best: dict[str, tuple[frozenset[str], float]] = {}
+        seen: set[str] = set()
+        for formula, value in zip(table["formula"], table["e_form_ev_per_atom"], strict=True):
+            energy = check_e_form(formula, value)
+            if validate:
+                comp = parse_composition(formula)
+                name = comp.reduced_formula
+                symbols = frozenset(el.symbol for el in comp.elements)
+            else:
+                name = str(formula)
+                symbols = frozenset(_SYMBOL.findall(name))
+            seen |= symbols
+            if len(symbols) == 1:
+                if energy < -_ELEMENT_REF_TOL:
+                    raise InvalidInput(
+                        f"reference row {formula!r} has E_f = {energy} eV/atom < 0; "
+                        "an element's formation energy is 0 by definition"
+                    )
+                continue
+            if name not in best or energy < best[name][1]:
+                best[name] = (symbols, energy)
+        grouped: dict[frozenset[str], list[tuple[str, float]]] = {}
+        for name, (symbols, energy) in best.items():
+            grouped.setdefault(symbols, []).append((name, energy))
+        allowed = frozenset(elements) if elements is not None else frozenset(seen)
+        return cls(grouped, allowed | seen, source=source, cache_size=cache_size)
+
+    @classmethod
+    def bundled(cls, *, cache_size: int = 256) -> ReferenceHull:
+        """The bundled MP formation energies (lowest per formula) over the 89 MP elements."""
+        from htvs.datasets import load_mp_formation_energies, reference_elements
+
+        return cls.from_table(
+            load_mp_formation_energies(),
+            elements=reference_elements(),
+            source="MP",
+            cache_size=cache_size,
+            validate=False,
+        )
+
+    # -- look-ups ---------------------------------------------------------------------------
+
+    def composition(self, formula: str) -> Composition:
+        """Parse ``formula`` and check that its elements are in the reference data.
+
+        Raises:
+            InvalidInput: unparsable formula or an element without reference data.
+        """
+        comp = parse_composition(formula)
+        self._check_symbols((el.symbol for el in comp.elements), formula)
+        return comp
+
+    def chemsys(self, spec: ChemsysLike) -> frozenset[str]:
+        """Normalize ``"Li-P-S"``, ``["Li", "P", "S"]`` or a Composition to a set of symbols."""
+        if isinstance(spec, Composition):
+            symbols = [el.symbol for el in spec.elements]
+        elif isinstance(spec, str):
+            symbols = [s.strip() for s in spec.split("-") if s.strip()]
+        else:
+            symbols = [str(s) for s in spec]
+        if not symbols:
+            raise InvalidInput(f"empty chemical system: {spec!r}")
+        self._check_symbols(symbols, spec)
+        return frozenset(symbols)
+
+    def _check_symbols(self, symbols: Iterable[str], what: object) -> None:
+        for symbol in symbols:
+            if symbol not in self.elements:
+                raise InvalidInput(
+                    f"element {symbol} (in {what!r}) is not in the reference data "
+                    f"({len(self.elements)} {self.source} elements)"
+                )
+
+    def entries(self, chemsys: ChemsysLike) -> list[PDEntry]:
+        """PDEntries of every reference compound in ``chemsys`` plus the elements at 0 eV."""
+        system = self.chemsys(chemsys)
+        from pymatgen.analysis.phase_diagram import PDEntry
+
+        names: list[tuple[str, float]] = []
+        n_subsets = 2 ** len(system)
+        if n_subsets <= len(self._rows):
+            ordered = sorted(system)
+            for size in range(2, len(ordered) + 1):
+                for subset in itertools.combinations(ordered, size):
+                    names.extend(self._rows.get(frozenset(subset), ()))
+        else:
+            for key, rows in self._rows.items():
+                if key <= system:
+                    names.extend(rows)
+        out = [self._entry(name, energy) for name, energy in names]
+        for symbol in sorted(system):
+            element = Composition(symbol)
+            out.append(PDEntry(element, 0.0, name=element.reduced_formula))
+        return out
+
+    def _entry(self, name: str, e_form: float) -> PDEntry:
+        entry = self._pd_entries.get(name)
+        if entry is None:
+            from pymatgen.analysis.phase_diagram import PDEntry
+
+            comp = Composition(name)
+            entry = PDEntry(comp, e_form * comp.num_atoms, name=name)
+            self._pd_entries[name] = entry
+        return entry
+
+    def phase_diagram(self, chemsys: ChemsysLike) -> PhaseDiagram:
+        """pymatgen ``PhaseDiagram`` of ``chemsys`` (entry energy = E_f x atoms), LRU-cached."""
+        system = self.chemsys(chemsys)
+        return self._diagrams.get_or_build(system, lambda: _build_diagram(self.entries(system), system))
+
+    def facet_model(self, chemsys: ChemsysLike) -> FacetModel:
+        """Precomputed facets of ``chemsys``'s hull (see :class:`FacetModel`), LRU-cached."""
+        system = self.chemsys(chemsys)
+        return self._models.get_or_build(
+            system, lambda: FacetModel.from_phase_diagram(self.phase_diagram(system))
+        )
+
+    def clear_cache(self) -> None:
+        """Drop every cached diagram and facet model (the element-set index stays)."""
+        self._diagrams.clear()
+        self._models.clear()
+
+    def cache_info(self) -> dict[str, int]:
+        """Sizes and hit counts of the caches."""
+        return {
+            "diagrams": len(self._diagrams),
+            "models": len(self._models),
+            "model_hits": self._models.hits,
+            "model_misses": self._models.misses,
+        }
+
+    def __repr__(self) -> str:
+        n_rows = sum(len(v) for v in self._rows.values())
+        return f"ReferenceHull(source={self.source!r}, compounds={n_rows}, elements={len(self.elements)})"
+
+
+def _build_diagram(entries: list[PDEntry], system: frozenset[str]) -> PhaseDiagram:
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+    try:
+        return PhaseDiagram(entries)
+    except Exception as exc:  # qhull and pymatgen raise assorted errors
+        raise StageFailed(f"cannot build the phase diagram of {'-'.join(sorted(system))}: {exc}") from exc
+
+
+# -- energies above the hull --------------------------------------------------------------------
+
+
+def check_e_form(formula: object, value: object) -> float:
+    """A formation energy (eV/atom) given for ``formula`` as a finite float.
+
+    Raises:
+        InvalidInput: not a number, or not finite; the message names the formula and value.
+    """
+    if isinstance(value, bool):
+        raise InvalidInput(f"e_form_ev_per_atom for {formula!r} must be a number, got {value!r}")
+    try:
+        energy = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"e_form_ev_per_atom for {formula!r} must be a number, got {value!r}") from exc
+    if not math.isfinite(energy):
+        raise InvalidInput(f"e_form_ev_per_atom for {formula!r} must be finite, got {value!r}")
+    return energy
+
+
+def row_error(index: int, formula: object, exc: HTVSError) -> RowError:
+    """The :class:`RowError` of batch row ``index``."""
+    return RowError(index=index, formula=str(formula), error=str(exc), kind=type(exc).__name__)
+
+
+def group_rows(
+    hull: ReferenceHull, formulas: Sequence[str]
+) -> tuple[dict[frozenset[str], list[int]], dict[int, Composition], dict[int, RowError]]:
+    """Parse ``formulas`` and group their row indices by chemical system.
+
+    Returns:
+        ``(rows by chemical system, composition by row, error by row)``.
+    """
+    groups: dict[frozenset[str], list[int]] = {}
+    comps: dict[int, Composition] = {}
+    errors: dict[int, RowError] = {}
+    for i, formula in enumerate(formulas):
+        try:
+            comp = hull.composition(formula)
+        except HTVSError as exc:
+            errors[i] = row_error(i, formula, exc)
+            continue
+        comps[i] = comp
+        groups.setdefault(frozenset(el.symbol for el in comp.elements), []).append(i)
+    return groups, comps, errors
+
+
+def amounts(comp: Composition) -> dict[str, float]:
+    """``{symbol: amount}`` of a composition."""
+    return {el.symbol: float(amt) for el, amt in comp.items()}
+
+
+def e_above_hull(hull: ReferenceHull, formula: str, e_form_ev_per_atom: float) -> HullResult:
+    """Energy above the reference hull of ``formula`` at formation energy ``e_form_ev_per_atom``.
+
+    Args:
+        hull: the reference hull.
+        formula: e.g. ``"Li3PS4"``.
+        e_form_ev_per_atom: formation energy, eV/atom, relative to the elements.
+
+    Raises:
+        InvalidInput: bad formula, element without reference data, non-finite energy.
+        StageFailed: the chemical system's phase diagram could not be built.
+    """
+    comp = hull.composition(formula)
+    energy = check_e_form(formula, e_form_ev_per_atom)
+    model = hull.facet_model(comp)
+    return _hull_results(model, [comp], [energy])[0]
+
+
+def _hull_results(
+    model: FacetModel, comps: Sequence[Composition], energies: Sequence[float]
+) -> list[HullResult]:
+    x = model.fractions([amounts(c) for c in comps])
+    hull_e, facet, weights = model.hull_energy(x)
+    return [
+        HullResult(
+            formula=comp.reduced_formula,
+            e_form_ev_per_atom=energy,
+            e_above_hull_ev_per_atom=float(energy - hull_e[j]),
+            decomposition=model.decomposition(int(facet[j]), weights[j]),
+        )
+        for j, (comp, energy) in enumerate(zip(comps, energies, strict=True))
+    ]
+
+
+def e_above_hull_many(
+    hull: ReferenceHull, formulas: Sequence[str], e_forms: Sequence[float]
+) -> list[HullResult | RowError]:
+    """Energies above the hull of many formulas, vectorized per chemical system.
+
+    Rows are grouped by chemical system; each group is located in the cached facets of its
+    system with one batched matrix product. A bad row yields a :class:`RowError` and never
+    stops the batch.
+
+    Args:
+        hull: the reference hull.
+        formulas: formulas, e.g. ``["Li3PS4", "Li2O"]``.
+        e_forms: their formation energies, eV/atom, same length.
+
+    Returns:
+        One :class:`HullResult` or :class:`RowError` per input row, in input order.
+
+    Raises:
+        InvalidInput: ``formulas`` and ``e_forms`` differ in length.
+    """
+    if len(formulas) != len(e_forms):
+        raise InvalidInput(f"{len(formulas)} formulas but {len(e_forms)} formation energies")
+    groups, comps, errors = group_rows(hull, formulas)
+    out: dict[int, HullResult | RowError] = dict(errors)
+    for system, rows in groups.items():
+        energies: list[float] = []
+        good: list[int] = []
+        for i in rows:
+            try:
+                energies.append(check_e_form(formulas[i], e_forms[i]))
+                good.append(i)
+            except InvalidInput as exc:
+                out[i] = row_error(i, formulas[i], exc)
+        if not good:
+            continue
+        try:
+            model = hull.facet_model(system)
+        except HTVSError as exc:
+            out.update((i, row_error(i, formulas[i], exc)) for i in good)
+            continue
+        out.update(zip(good, _hull_results(model, [comps[i] for i in good], energies), strict=True))
+    return [out[i] for i in range(len(formulas))]
