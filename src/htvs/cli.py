@@ -33,7 +33,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _stderr() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
@@ -168,6 +168,101 @@ def substitute(
             f"{payload['prototypes']:,} prototypes -> {payload['substitutions']:,} substitutions -> "
             f"{payload['unique_formulas']:,} unique formulas; tables in {out}"
         )
+
+
+def _report_row_errors(rows: list[Any], as_json: bool) -> bool:
+    """Print per-row errors on stderr; return True when any row failed."""
+    from htvs.thermo import RowError
+
+    failed = [r for r in rows if isinstance(r, RowError)]
+    for row in failed:
+        _stderr().print(f"[bold red]error:[/] {row.error}", highlight=False)
+    return bool(failed)
+
+
+@app.command()
+def window(
+    formulas: list[str] = typer.Argument(..., help="Li-containing formulas, e.g. Li3PS4 Li7La3Zr2O12."),
+    ef: list[float] | None = typer.Option(
+        None,
+        "--ef",
+        help="Formation energy (eV/atom) per formula; a compound below the MP hull is inserted "
+        "into the diagram. Without it, the window is that of the formula's equilibrium phases.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per formula on stdout."),
+) -> None:
+    """Electrochemical stability window (V vs Li/Li+) from the Li grand-potential phase diagram.
+
+    Uses the bundled Materials Project formation energies (lowest per formula) as the hull.
+    """
+    from htvs.thermo import ReferenceHull, WindowResult, electrochemical_windows
+
+    if ef and len(ef) != len(formulas):
+        raise typer.BadParameter(f"got {len(ef)} --ef values for {len(formulas)} formulas", param_hint="--ef")
+    with _clear_errors():
+        hull = ReferenceHull.bundled()
+        rows = electrochemical_windows(hull, formulas, list(ef) if ef else None)
+    failed = _report_row_errors(rows, as_json)
+    table = Table("formula", "phi_red (V)", "phi_ox (V)", "reduction products", "oxidation products")
+    for text, row in zip(formulas, rows):
+        if not isinstance(row, WindowResult):
+            if as_json:
+                _emit_json({"formula": text, "error": row.error})
+            continue
+        payload = {
+            "formula": row.formula,
+            "phi_red": round(row.phi_red_v, 4),
+            "phi_ox": round(row.phi_ox_v, 4),
+            "reduction_products": list(row.reduction_products),
+            "oxidation_products": list(row.oxidation_products),
+            "inserted": row.inserted,
+        }
+        if as_json:
+            _emit_json(payload)
+        else:
+            table.add_row(
+                row.formula,
+                f"{row.phi_red_v:.2f}",
+                f"{row.phi_ox_v:.2f}",
+                ", ".join(row.reduction_products) or "Li metal",
+                ", ".join(row.oxidation_products),
+            )
+    if not as_json and table.row_count:
+        Console().print(table)
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def hull(
+    formula: str = typer.Argument(..., help="Composition, e.g. Li3ClSO4."),
+    ef: float = typer.Option(..., "--ef", help="Its formation energy in eV/atom."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object on stdout."),
+) -> None:
+    """Energy above the MP convex hull (eV/atom) of a composition with a given formation energy.
+
+    Negative values mean the compound lies below the current hull by that much.
+    """
+    from htvs.thermo import ReferenceHull, e_above_hull
+
+    with _clear_errors():
+        if not math.isfinite(ef):
+            raise typer.BadParameter(f"--ef must be finite, got {ef}", param_hint="--ef")
+        result = e_above_hull(ReferenceHull.bundled(), formula, ef)
+    payload = {
+        "formula": result.formula,
+        "e_form": result.e_form_ev_per_atom,
+        "e_above_hull": round(result.e_above_hull_ev_per_atom, 6),
+        "decomposition": [{"formula": f, "fraction": round(x, 6)} for f, x in result.decomposition],
+    }
+    if as_json:
+        _emit_json(payload)
+        return
+    products = " + ".join(f"{x:.3f} {f}" for f, x in result.decomposition)
+    Console().print(
+        f"{result.formula}: E_hull = {result.e_above_hull_ev_per_atom:.3f} eV/atom; "
+        f"decomposes to {products}"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point
