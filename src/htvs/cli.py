@@ -150,8 +150,12 @@ def substitute(
             config_args["element_pool"] = symbols
         config = SubstitutionConfig(**config_args)
         loaded = load_prototypes(prototypes_source)
-        for skipped in loaded.skipped:
-            _stderr().print(f"skipped {skipped.name}: {skipped.reason}", highlight=False)
+        if loaded.skipped and not as_json:
+            _stderr().print(
+                f"{len(loaded.skipped)} inputs skipped (list them with "
+                f"`htvs prototypes --source {prototypes_source}`)",
+                highlight=False,
+            )
         with _progress("substituting prototypes", len(loaded.prototypes), not as_json) as tick:
             result = run(loaded.prototypes, config, progress=tick)
         paths = write_substitution_tables(result, out)
