@@ -269,5 +269,46 @@ def hull(
     )
 
 
+train_app = typer.Typer(help="Train the project's models (fixed seeds, resumable).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("composition")
+def train_composition(
+    target: str = typer.Option("ef", help="ef | ef-bartel | gap-mp | gap-expt (see docs)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.json)."),
+    n_models: int = typer.Option(10, help="Ensemble size (the paper: 10)."),
+    max_epochs: int = typer.Option(60, help="Epochs per model (cosine schedule over this)."),
+    patience: int = typer.Option(8, help="Early stopping: epochs without validation improvement."),
+    batch_size: int = typer.Option(256),
+    learning_rate: float = typer.Option(1e-3),
+    seed: int = typer.Option(0, help="Seed of the ensemble (member k uses 1000*seed + k)."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+    init_from: Path | None = typer.Option(None, help="Pretraining run: member k starts from its model_k."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics JSON on stdout."),
+) -> None:
+    """Train (or resume) a Roost ensemble on a bundled dataset and score it on the test split."""
+    from htvs.composition.train import TrainConfig, train_ensemble
+
+    with _clear_errors():
+        config = TrainConfig(
+            target=target,
+            n_models=n_models,
+            max_epochs=max_epochs,
+            patience=patience,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            threads=threads,
+            init_from=str(init_from) if init_from else None,
+        )
+        log = (lambda line: _stderr().print(line, highlight=False))
+        metrics = train_ensemble(out, config, log=log)
+    if as_json:
+        _emit_json(metrics)
+    else:
+        Console().print_json(json.dumps(metrics.get("test", metrics)))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
