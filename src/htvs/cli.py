@@ -310,5 +310,149 @@ def train_composition(
         Console().print_json(json.dumps(metrics.get("test", metrics)))
 
 
+@train_app.command("export")
+def train_export(
+    run: Path = typer.Argument(..., help="Training run directory (from `htvs train composition`)."),
+    target: str = typer.Option(..., help="e_form | band_gap: what the models predict."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Model folder (default: the shipped one)."),
+) -> None:
+    """Export a run's finished members to ONNX with a model card (data, split, seeds, metrics, sha256)."""
+    from htvs.composition.ship import export_run, shipped_model_dir
+
+    with _clear_errors():
+        card = export_run(run, out or shipped_model_dir(target), target)
+    Console().print(f"wrote {card}")
+
+
+def _read_formula_table(path: Path) -> list[str]:
+    from htvs.errors import InvalidInput
+
+    if not path.exists():
+        raise InvalidInput(f"input table {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            column = pq.read_table(path, columns=["formula"]).column("formula")
+            return [str(f) for f in column.to_pylist()]
+        import pandas as pd
+
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pyarrow / pandas raise many kinds
+        raise InvalidInput(f"cannot read formulas from {path}: {exc}") from exc
+    if "formula" not in frame.columns:
+        raise InvalidInput(f"{path} has no 'formula' column (columns: {list(frame.columns)})")
+    return frame["formula"].tolist()
+
+
+def _write_table(frame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+@app.command()
+def predict(
+    formulas: list[str] | None = typer.Argument(None, help="Formulas to predict, e.g. Li3PS4."),
+    table_in: Path | None = typer.Option(None, "--in", help="Bulk input: Parquet/CSV with a 'formula' column."),
+    table_out: Path | None = typer.Option(None, "--out", help="Bulk output table (.parquet or .csv)."),
+    e_form_models: Path | None = typer.Option(None, help="E_f ensemble folder (default: shipped)."),
+    band_gap_models: Path | None = typer.Option(None, help="Band-gap ensemble folder (default: shipped)."),
+    threads: int | None = typer.Option(None, help="onnxruntime intra-op threads."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per formula on stdout."),
+) -> None:
+    """Stage 2: formation energy (eV/atom) and band gap (eV) from the Roost ensembles (mean, std)."""
+    from htvs.composition import predict_compositions
+    from htvs.composition.ship import load_ensemble
+
+    with _clear_errors():
+        from htvs.errors import InvalidInput
+
+        items = list(formulas or [])
+        if table_in is not None:
+            items += _read_formula_table(table_in)
+        if not items:
+            raise InvalidInput("give formulas as arguments or a table with --in")
+        ef_model = load_ensemble("e_form", e_form_models, threads)
+        gap_model = load_ensemble("band_gap", band_gap_models, threads)
+        frame = predict_compositions(items, ef_model, gap_model)
+        if table_out is not None:
+            _write_table(frame, table_out)
+    for row in frame.itertuples(index=False):
+        if row.error is not None:
+            _stderr().print(f"[bold red]error:[/] {row.error}", highlight=False)
+    if as_json:
+        for record in frame.to_dict(orient="records"):
+            payload = {
+                key: (_finite_or_none(value) if isinstance(value, float) else value)
+                for key, value in record.items()
+            }
+            if payload["error"] is None:
+                payload.pop("error")
+            _emit_json(payload)
+    elif table_out is None or len(frame) <= 50:
+        table = Table("formula", "E_f (eV/atom)", "band gap (eV)")
+        for row in frame.itertuples(index=False):
+            if row.error is None:
+                table.add_row(
+                    row.formula,
+                    f"{row.e_form_mean:.3f} ± {row.e_form_std:.3f}",
+                    f"{row.band_gap_mean:.2f} ± {row.band_gap_std:.2f}",
+                )
+        Console().print(table)
+    if table_out is not None and not as_json:
+        Console().print(f"{len(frame):,} rows written to {table_out}")
+    if frame["error"].notna().any() and table_in is None:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def screen(
+    formulas_table: Path = typer.Option(
+        ..., "--formulas", help="formulas.parquet of `htvs substitute` (or any table with 'formula')."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for screen.parquet and funnel.json."),
+    max_e_form: float = typer.Option(0.1, help="Keep predicted E_f <= this (eV/atom)."),
+    max_e_hull: float = typer.Option(0.2, help="Keep predicted E_above_hull <= this (eV/atom)."),
+    min_gap: float = typer.Option(0.5, help="Keep predicted band gap >= this (eV)."),
+    min_phi_ox: float = typer.Option(4.0, help="Keep oxidation potential >= this (V vs Li/Li+)."),
+    e_form_models: Path | None = typer.Option(None, help="E_f ensemble folder (default: shipped)."),
+    band_gap_models: Path | None = typer.Option(None, help="Band-gap ensemble folder (default: shipped)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),
+) -> None:
+    """Stages 2+3: predict every formula, then filter on E_f, E_hull, band gap and phi_ox."""
+    from htvs.composition import predict_compositions
+    from htvs.composition.ship import load_ensemble
+    from htvs.screening import CompositionScreenConfig, screen_compositions
+    from htvs.thermo import ReferenceHull
+
+    with _clear_errors():
+        config = CompositionScreenConfig(
+            max_e_form_ev_per_atom=max_e_form,
+            max_e_above_hull_ev_per_atom=max_e_hull,
+            min_band_gap_ev=min_gap,
+            min_phi_ox_v=min_phi_ox,
+        )
+        items = _read_formula_table(formulas_table)
+        ef_model = load_ensemble("e_form", e_form_models)
+        gap_model = load_ensemble("band_gap", band_gap_models)
+        frame = predict_compositions(items, ef_model, gap_model)
+        result = screen_compositions(frame, ReferenceHull.bundled(), config)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_table(result.table, out / "screen.parquet")
+        (out / "funnel.json").write_text(json.dumps(result.funnel, indent=1) + "\n")
+    if as_json:
+        _emit_json(result.funnel)
+        return
+    table = Table("after filter", "formulas")
+    for step, count in result.funnel.items():
+        table.add_row(step, f"{count:,}")
+    Console().print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

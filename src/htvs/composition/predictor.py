@@ -1,0 +1,217 @@
+"""Ensemble prediction from exported Roost ONNX files (onnxruntime; CUDA when available).
+
+A model folder holds N ``.onnx`` files written by :func:`htvs.composition.onnx_export.export_onnx`
+and a ``model_card.json`` (written by :func:`~htvs.composition.onnx_export.write_model_card`)::
+
+    {"format": "htvs.roost-onnx-ensemble/1", "target": "e_form", "units": "eV/atom",
+     "models": [{"file": "model_0.onnx", "sha256": "..."}, ...], ...}
+
+Every file's sha256 is checked on load. Nothing is loaded at import.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from htvs.composition.featurize import FeaturizeError, featurize
+from htvs.composition.onnx_export import CARD_NAME, INPUT_NAMES, ONNX_FORMAT, sha256_of
+from htvs.errors import ModelNotReady
+
+#: Rows x elements^2 per onnxruntime call on CPU (bounds the (rows, M, M, hidden) intermediates).
+DEFAULT_PAIR_BUDGET = 32_768
+
+
+@dataclass(frozen=True)
+class EnsemblePrediction:
+    """Per-formula ensemble statistics, in the order of the formulas given.
+
+    Attributes:
+        mean: (n,) float64 ensemble mean in ``units``; NaN where the formula was invalid.
+        std: (n,) float64 population standard deviation across the models (ddof 0); NaN where invalid.
+        members: (n_models, n) float64 prediction of each model; NaN where invalid.
+        valid: (n,) bool, True where the formula was featurized and predicted.
+        errors: the invalid formulas with their position and reason.
+        target, units: what is predicted (e.g. ``e_form``, ``eV/atom``).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    members: np.ndarray
+    valid: np.ndarray
+    errors: list[FeaturizeError]
+    target: str
+    units: str
+
+
+def _default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRoostEnsemble:
+    """N exported Roost models of one target, evaluated together on featurized formulas.
+
+    Args:
+        paths: the ``.onnx`` files (sha256 already checked; use :meth:`from_dir` to check).
+        target, units: what the models predict.
+        intra_op_threads: onnxruntime intra-op threads per session (None: onnxruntime's default).
+        providers: onnxruntime providers in order of preference (None: CUDA first when available).
+        pair_budget: rows x elements^2 per onnxruntime call (memory/speed trade-off).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        target: str,
+        units: str,
+        intra_op_threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        pair_budget: int = DEFAULT_PAIR_BUDGET,
+    ) -> None:
+        import onnxruntime as ort
+
+        if not paths:
+            raise ModelNotReady("an ensemble needs at least one ONNX file, none given")
+        self.paths = tuple(Path(p) for p in paths)
+        self.target = target
+        self.units = units
+        self.pair_budget = int(pair_budget)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = int(intra_op_threads)
+        chosen = list(providers) if providers is not None else _default_providers()
+        self.sessions = []
+        embeddings = set()
+        for path in self.paths:
+            try:
+                session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise ModelNotReady(f"cannot load ONNX model {path}: {exc}") from exc
+            meta = session.get_modelmeta().custom_metadata_map
+            if meta.get("htvs.format") != ONNX_FORMAT:
+                raise ModelNotReady(
+                    f"{path} is not an htvs Roost export (htvs.format={meta.get('htvs.format')!r})"
+                )
+            config = json.loads(meta.get("htvs.roost_config", "{}"))
+            embeddings.add(config.get("elem_embedding", "matscholar200"))
+            self.sessions.append(session)
+        if len(embeddings) != 1:
+            raise ModelNotReady(
+                f"models in one ensemble use different element embeddings: {sorted(embeddings)}"
+            )
+        (self.embedding,) = embeddings
+
+    @classmethod
+    def from_dir(
+        cls,
+        directory: str | Path,
+        *,
+        intra_op_threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        pair_budget: int = DEFAULT_PAIR_BUDGET,
+    ) -> OnnxRoostEnsemble:
+        """Load the ensemble described by ``directory/model_card.json``, checking every sha256.
+
+        Raises:
+            ModelNotReady: the card or a listed file is missing, or a file's sha256 differs.
+        """
+        root = Path(directory)
+        card_path = root / CARD_NAME
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+            entries = card["models"]
+            target, units = str(card["target"]), str(card["units"])
+        except FileNotFoundError as exc:
+            raise ModelNotReady(f"no model card {card_path}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelNotReady(f"model card {card_path} is malformed: {exc!r}") from exc
+        paths = []
+        for entry in entries:
+            path = root / entry["file"]
+            if not path.is_file():
+                raise ModelNotReady(f"model file {path} listed in {card_path} is missing")
+            digest = sha256_of(path)
+            if digest != entry["sha256"]:
+                raise ModelNotReady(
+                    f"model file {path} has sha256 {digest}, the card {card_path} says {entry['sha256']}"
+                )
+            paths.append(path)
+        return cls(
+            paths,
+            target=target,
+            units=units,
+            intra_op_threads=intra_op_threads,
+            providers=providers,
+            pair_budget=pair_budget,
+        )
+
+    @property
+    def n_models(self) -> int:
+        return len(self.sessions)
+
+    def predict_dense(self, z: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(n_models, B) predictions on padded inputs (z int64, weights float32, 0 at padding).
+
+        Rows are grouped by their number of elements, so no padding reaches the models.
+        """
+        counts = (z > 0).sum(axis=1)
+        out = np.full((self.n_models, len(z)), np.nan, dtype=np.float64)
+        for k in np.unique(counts):
+            if k == 0:
+                continue  # an all-padding row has no composition: left NaN
+            rows = np.flatnonzero(counts == k)
+            z_k = np.ascontiguousarray(z[rows, :k], dtype=np.int64)
+            w_k = np.ascontiguousarray(weights[rows, :k], dtype=np.float32)
+            step = max(1, self.pair_budget // max(1, int(k) * int(k)))
+            for start in range(0, len(rows), step):
+                part = slice(start, start + step)
+                feed = {INPUT_NAMES[0]: z_k[part], INPUT_NAMES[1]: w_k[part]}
+                for m, session in enumerate(self.sessions):
+                    (pred,) = session.run(None, feed)
+                    out[m, rows[part]] = pred[:, 0]
+        return out
+
+    def predict(self, formulas: Sequence[str], batch_size: int = 4096) -> EnsemblePrediction:
+        """Ensemble mean and std for each formula; invalid formulas become per-row errors.
+
+        Args:
+            formulas: formulas such as ``"Li3PS4"`` (any pymatgen-readable formula).
+            batch_size: formulas featurized at a time.
+        """
+        formulas = list(formulas)
+        n = len(formulas)
+        members = np.full((self.n_models, n), np.nan, dtype=np.float64)
+        valid = np.zeros(n, dtype=bool)
+        errors: list[FeaturizeError] = []
+        for start in range(0, n, batch_size):
+            chunk = formulas[start : start + batch_size]
+            batch, chunk_errors = featurize(chunk, self.embedding)
+            errors.extend(FeaturizeError(start + e.index, e.formula, e.error) for e in chunk_errors)
+            if len(batch.rows):
+                rows = start + batch.rows
+                members[:, rows] = self.predict_dense(batch.dense_z, batch.dense_weights)
+                valid[rows] = True
+        mean = members.mean(axis=0) if n else np.zeros(0)
+        std = members.std(axis=0) if n else np.zeros(0)
+        return EnsemblePrediction(
+            mean=mean,
+            std=std,
+            members=members,
+            valid=valid,
+            errors=errors,
+            target=self.target,
+            units=self.units,
+        )

@@ -1,0 +1,85 @@
+"""Shipping trained ensembles: ONNX export of a run's finished members with a model card, and
+the shipped models that stage 2 loads (``src/htvs/models/<target>/``)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from htvs.composition.datasets import TARGETS
+from htvs.errors import InvalidInput, ModelNotReady
+
+#: Stage-2 targets and the training run target each one ships from.
+SHIPPED_TARGETS = {"e_form": ("ef", "eV/atom"), "band_gap": ("gap-expt", "eV")}
+
+
+def shipped_model_dir(target: str) -> Path:
+    """Folder of the shipped ONNX ensemble for ``target`` (``e_form`` or ``band_gap``)."""
+    if target not in SHIPPED_TARGETS:
+        raise InvalidInput(f"unknown model target {target!r}; choose from {sorted(SHIPPED_TARGETS)}")
+    return Path(__file__).resolve().parent.parent / "models" / target
+
+
+def load_ensemble(target: str, directory: Path | None = None, threads: int | None = None):
+    """The ONNX ensemble of ``target`` from ``directory`` (default: the shipped one)."""
+    from htvs.composition.predictor import OnnxRoostEnsemble
+
+    folder = Path(directory) if directory is not None else shipped_model_dir(target)
+    if not (folder / "model_card.json").exists():
+        raise ModelNotReady(
+            f"no {target} model in {folder}; train one with `htvs train composition` and "
+            "`htvs train export`"
+        )
+    return OnnxRoostEnsemble.from_dir(folder, intra_op_threads=threads)
+
+
+def export_run(run_dir: Path, out_dir: Path, target: str) -> Path:
+    """Export every finished member of ``run_dir`` to ONNX in ``out_dir`` with a model card.
+
+    The card carries the data/split description, the training configuration (seeds included),
+    each member's training history summary and the run's ``metrics.json`` when present.
+    """
+    from htvs.composition.onnx_export import export_onnx, write_model_card
+    from htvs.composition.train import TrainConfig, load_member
+
+    if target not in SHIPPED_TARGETS:
+        raise InvalidInput(f"unknown model target {target!r}; choose from {sorted(SHIPPED_TARGETS)}")
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    config_path = run_dir / "train_config.json"
+    if not config_path.exists():
+        raise InvalidInput(f"{run_dir} is not a training run (no train_config.json)")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    done = sorted(
+        (int(p.parent.name.split("_")[1]), json.loads(p.read_text()))
+        for p in run_dir.glob("model_*/done.json")
+    )
+    if not done:
+        raise InvalidInput(f"{run_dir} has no finished ensemble member yet")
+    units = SHIPPED_TARGETS[target][1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.onnx"):
+        stale.unlink()
+    files = []
+    for k, _ in done:
+        path = out_dir / f"model_{k}.onnx"
+        export_onnx(load_member(run_dir, k, config.roost), path, target=target, units=units)
+        files.append(path.name)
+    metrics_path = run_dir / "metrics.json"
+    extra = {
+        "data": TARGETS[config.target],
+        "training_target": config.target,
+        "split": {"seed": config.split_seed, "description": "see htvs.composition.datasets.load_split"},
+        "train_config": config.to_dict(),
+        "members_trained": len(done),
+        "members_planned": config.n_models,
+        "members": [
+            {"model": k, "seed": d["seed"], "epochs": d["epochs"], "best_val_mae": d["best_val_mae"]}
+            for k, d in done
+        ],
+        "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
+        "exported": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "trained_on": f"{platform.machine()} CPU, torch threads {config.threads}",
+    }
+    return write_model_card(out_dir, files, target=target, units=units, extra=extra)
