@@ -1,0 +1,126 @@
+"""`htvs predict`, `htvs screen` and `htvs train export` end to end on tiny exported ensembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from htvs.cli import EXIT_BAD_INPUT, app
+from htvs.composition.model import RoostConfig, build_roost
+from htvs.composition.onnx_export import export_onnx, write_model_card
+
+TINY = RoostConfig(
+    elem_fea_len=8, n_graph=1, elem_heads=1, elem_gate=(8,), elem_msg=(8,), cry_heads=1,
+    cry_gate=(8,), cry_msg=(8,), trunk_hidden=(8,), out_hidden=(8,),
+)  # fmt: skip
+
+
+def tiny_ensemble(folder: Path, target: str, units: str, bias: float) -> Path:
+    import torch
+
+    files = []
+    for k in range(2):
+        model = build_roost(TINY, seed=k)
+        with torch.no_grad():
+            model.output_nns[0].fc_out.bias.fill_(bias)
+        files.append(export_onnx(model, folder / f"model_{k}.onnx", target=target, units=units).name)
+    write_model_card(folder, files, target=target, units=units)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return (
+        tiny_ensemble(root / "ef", "e_form", "eV/atom", -2.0),
+        tiny_ensemble(root / "gap", "band_gap", "eV", 3.0),
+    )
+
+
+def model_args(models: tuple[Path, Path]) -> list[str]:
+    return ["--e-form-models", str(models[0]), "--band-gap-models", str(models[1])]
+
+
+def test_predict_json_rows(models) -> None:
+    result = CliRunner().invoke(app, ["predict", "Li3PS4", "LiF", "--json", *model_args(models)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["formula"] for r in rows] == ["Li3PS4", "LiF"]
+    for row in rows:
+        assert set(row) == {"formula", "e_form_mean", "e_form_std", "band_gap_mean", "band_gap_std"}
+        assert row["e_form_std"] >= 0 and row["band_gap_mean"] >= 0
+
+
+def test_predict_bad_rows_are_reported_and_the_rest_predicted(models) -> None:
+    result = CliRunner().invoke(app, ["predict", "Li3PS4", "LiXx", "", "--json", *model_args(models)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0]["e_form_mean"] is not None
+    assert "Xx" in rows[1]["error"] and rows[1]["e_form_mean"] is None
+    assert "empty formula" in rows[2]["error"]
+
+
+def test_predict_bulk_table(models, tmp_path: Path) -> None:
+    pd.DataFrame({"formula": ["Li3PS4", "Li2O", "Og2O"]}).to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "out.parquet"
+    args = ["predict", "--in", str(tmp_path / "in.csv"), "--out", str(out), *model_args(models)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    assert list(frame["formula"]) == ["Li3PS4", "Li2O", "Og2O"]
+    assert frame["error"].notna().tolist() == [False, False, True]
+
+
+def test_missing_models_are_a_clear_error(tmp_path: Path) -> None:
+    args = ["predict", "Li3PS4", "--e-form-models", str(tmp_path), "--band-gap-models", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "no e_form model" in result.output
+
+
+def test_screen_writes_table_and_funnel(models, tmp_path: Path) -> None:
+    pd.DataFrame({"formula": ["LiF", "Li3PS4", "LiXx"]}).to_parquet(tmp_path / "formulas.parquet")
+    args = ["screen", "--formulas", str(tmp_path / "formulas.parquet"), "--out", str(tmp_path / "s"), "--json"]
+    result = CliRunner().invoke(app, [*args, *model_args(models)])
+    assert result.exit_code == 0, result.output
+    funnel = json.loads(result.stdout)
+    assert funnel == json.loads((tmp_path / "s" / "funnel.json").read_text())
+    assert funnel["formulas"] == 3 and funnel["predicted"] == 2
+    table = pd.read_parquet(tmp_path / "s" / "screen.parquet")
+    assert len(table) == 3 and "phi_ox" in table.columns
+
+
+def test_screen_refuses_bad_thresholds_and_tables(models, tmp_path: Path) -> None:
+    pd.DataFrame({"name": ["LiF"]}).to_csv(tmp_path / "bad.csv", index=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["screen", "--formulas", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o"), *model_args(models)])
+    assert result.exit_code == EXIT_BAD_INPUT and "no 'formula' column" in result.output
+    result = runner.invoke(app, ["screen", "--formulas", str(tmp_path / "bad.csv"), "--out", "o", "--min-gap", "-1", *model_args(models)])
+    assert result.exit_code == EXIT_BAD_INPUT and "min_band_gap_ev" in result.output
+
+
+def test_export_of_a_training_run(tmp_path: Path) -> None:
+    from htvs.composition.datasets import DataSplit, load_split
+    from htvs.composition.predictor import OnnxRoostEnsemble
+    from htvs.composition.train import TrainConfig, load_member, predict_rows, Featurized, train_ensemble
+
+    full = load_split("gap-expt")
+    split = DataSplit("gap-expt", full.train.iloc[:64], full.val.iloc[:16], full.test.iloc[:16])
+    config = TrainConfig(target="gap-expt", roost=TINY, n_models=2, max_epochs=1, batch_size=32, threads=1)
+    train_ensemble(tmp_path / "run", config, split, log=lambda s: None)
+    result = CliRunner().invoke(
+        app, ["train", "export", str(tmp_path / "run"), "--target", "band_gap", "--out", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    assert card["members_trained"] == 2 and card["metrics"]["test"]["n"] == 16
+    assert card["train_config"]["seed"] == 0 and len(card["models"]) == 2
+    ensemble = OnnxRoostEnsemble.from_dir(tmp_path / "m")
+    test = Featurized.from_frame(split.test)
+    onnx = ensemble.predict(test.formulas).members
+    torch_preds = [predict_rows(load_member(tmp_path / "run", k, TINY), test) for k in range(2)]
+    assert abs(onnx - torch_preds).max() < 1e-5
