@@ -38,7 +38,13 @@ def test_splits_are_deterministic_and_disjoint() -> None:
     assert not train & test and not train & set(a.val["formula"])
     assert len(a.test) == pytest.approx(0.1 * (len(a.train) + len(a.val) + len(a.test)), abs=1)
     assert (load_split("gap-expt").train["target"] > 0).all()  # non-metals only
-    assert set(TARGETS) == {"ef", "ef-bartel", "gap-mp", "gap-expt"}
+    assert set(TARGETS) == {"ef", "ef-bartel", "gap-mp", "gap-expt", "gap-expt-all"}
+    folds = [load_split("gap-expt-all", cv_fold=k) for k in range(5)]
+    tests = [set(f.test["formula"]) for f in folds]
+    assert sum(len(t) for t in tests) == len(set().union(*tests))  # folds are disjoint
+    assert any((f.test["target"] == 0).any() for f in folds)  # metals included
+    with pytest.raises(InvalidInput, match="cv_fold"):
+        load_split("gap-expt-all")
 
 
 def test_ensemble_trains_and_reports_metrics(tmp_path: Path, small_split: DataSplit) -> None:

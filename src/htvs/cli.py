@@ -275,7 +275,7 @@ app.add_typer(train_app, name="train")
 
 @train_app.command("composition")
 def train_composition(
-    target: str = typer.Option("ef", help="ef | ef-bartel | gap-mp | gap-expt (see docs)."),
+    target: str = typer.Option("ef", help="ef | ef-bartel | gap-mp | gap-expt | gap-expt-all (k-fold)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.json)."),
     n_models: int = typer.Option(10, help="Ensemble size (the paper: 10)."),
     max_epochs: int = typer.Option(60, help="Epochs per model (cosine schedule over this)."),
@@ -285,6 +285,8 @@ def train_composition(
     seed: int = typer.Option(0, help="Seed of the ensemble (member k uses 1000*seed + k)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
     init_from: Path | None = typer.Option(None, help="Pretraining run: member k starts from its model_k."),
+    cv_fold: int | None = typer.Option(None, help="Test fold for k-fold targets (gap-expt-all)."),
+    cv_folds: int = typer.Option(5, help="Number of folds for k-fold targets."),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics JSON on stdout."),
 ) -> None:
     """Train (or resume) a Roost ensemble on a bundled dataset and score it on the test split."""
@@ -301,6 +303,8 @@ def train_composition(
             seed=seed,
             threads=threads,
             init_from=str(init_from) if init_from else None,
+            cv_fold=cv_fold,
+            cv_folds=cv_folds,
         )
         log = (lambda line: _stderr().print(line, highlight=False))
         metrics = train_ensemble(out, config, log=log)

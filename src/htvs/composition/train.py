@@ -60,6 +60,8 @@ class TrainConfig:
     split_seed: int = 0
     threads: int = 2
     init_from: str | None = None  # run dir whose model_K/best.pt initialises model K
+    cv_fold: int | None = None  # for k-fold targets (gap-expt-all): the test fold
+    cv_folds: int = 5
 
     def __post_init__(self) -> None:
         for name in ("n_models", "max_epochs", "batch_size", "threads"):
@@ -266,15 +268,17 @@ def train_ensemble(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "train_config.json"
     if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous != json.loads(json.dumps(config.to_dict())):
+        previous = TrainConfig.from_dict(json.loads(config_path.read_text()))  # defaults fill new fields
+        if previous != config:
             raise InvalidInput(
                 f"{run_dir} was started with a different configuration ({config_path}); "
                 "use a new --out or the same settings"
             )
     else:
         config_path.write_text(json.dumps(config.to_dict(), indent=1))
-    split = split or load_split(config.target, seed=config.split_seed)
+    split = split or load_split(
+        config.target, seed=config.split_seed, cv_fold=config.cv_fold, cv_folds=config.cv_folds
+    )
     train, val, test = (Featurized.from_frame(t) for t in (split.train, split.val, split.test))
     log(f"{config.target}: {len(train)} train / {len(val)} val / {len(test)} test formulas")
     members = [train_one(run_dir, k, config, train, val, log) for k in range(config.n_models)]
