@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: install demo test test-fast bench clean
 
@@ -13,6 +14,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	# the CPU build of torch first (on disk on the dev machines); a bare range would pull CUDA
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -33,6 +36,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_substitution.py
 	$(BIN)/python benchmarks/bench_thermo.py
+	$(BIN)/python benchmarks/bench_composition_inference.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build src/*.egg-info
