@@ -24,17 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine_info  # noqa: E402
 
-#: The width being trained (see the project brief); random init is fine for speed.
-BENCH_CONFIG = dict(
-    elem_fea_len=48,
-    n_graph=3,
-    elem_gate=(96,),
-    elem_msg=(96,),
-    cry_gate=(96,),
-    cry_msg=(96,),
-    trunk_hidden=(192, 96),
-    out_hidden=(96, 48),
-)
+from htvs.composition.train import SHIPPED_ROOST  # noqa: E402
+
 PAPER_FORMULAS = 1_379_333
 PAPER_MODELS = 10
 PAPER_TARGETS = 2
@@ -45,7 +36,7 @@ def load_model(model_dir: str | None):
     from htvs.composition.model import RoostConfig, build_roost
 
     if model_dir is None:
-        config = RoostConfig(**BENCH_CONFIG)
+        config = SHIPPED_ROOST  # the width trained for the shipped ensembles
         return build_roost(config, seed=0).eval(), config
     from htvs.composition.train import TrainConfig, load_member
 
