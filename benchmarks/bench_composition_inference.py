@@ -33,7 +33,7 @@ GOAL_RATIO = 3.0
 
 
 def load_model(model_dir: str | None):
-    from htvs.composition.model import RoostConfig, build_roost
+    from htvs.composition.model import build_roost
 
     if model_dir is None:
         config = SHIPPED_ROOST  # the width trained for the shipped ensembles
