@@ -1,0 +1,47 @@
+"""Deployment settings: one object, built from ``HTVS_*`` environment variables or arguments.
+
+Nothing here reads the environment at import. The environment is read when a ``Settings`` is
+constructed (``Settings()`` or ``Settings.from_env()``), which the code does only when it opens a
+resource that needs it (an S3 store, for example). Explicit keyword arguments win over the
+environment, so tests and callers can pin every value.
+
+Variables (all optional):
+
+- ``HTVS_S3_ENDPOINT``: ``host:port`` or ``http(s)://host:port`` of an S3-compatible server
+  (MinIO, AWS S3, moto). A URL scheme, when given, decides TLS and overrides ``HTVS_S3_SECURE``.
+- ``HTVS_S3_ACCESS_KEY`` / ``HTVS_S3_SECRET_KEY``: credentials (kept as secrets: never printed).
+- ``HTVS_S3_SECURE``: use TLS (default true).
+- ``HTVS_S3_REGION``: bucket region (e.g. ``us-east-1``); unset lets the client ask the server.
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Deployment settings of htvs (environment prefix ``HTVS_``).
+
+    Attributes:
+        s3_endpoint: S3-compatible endpoint, ``host:port`` or ``http(s)://host:port``.
+        s3_access_key: S3 access key id.
+        s3_secret_key: S3 secret access key.
+        s3_secure: Use HTTPS when ``s3_endpoint`` has no scheme.
+        s3_region: Region of the bucket; ``None`` lets the client discover it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HTVS_", frozen=True, extra="ignore")
+
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = True
+    s3_region: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read the settings from the environment now; keyword arguments override it."""
+        return cls(**overrides)  # type: ignore[arg-type]

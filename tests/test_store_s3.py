@@ -1,0 +1,176 @@
+"""S3 backend of the artifact store, against a moto S3 server on loopback (marker ``s3``).
+
+The shared contract (``StoreContract`` from test_store.py) runs here on S3, and the S3 backend
+is compared with the local one on the same data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("moto", reason="moto[server] is not installed: no local S3 server to test on")
+pytest.importorskip("minio", reason="the minio SDK is not installed: the S3 store cannot run")
+
+from test_store import StoreContract, _li3ps4_table  # noqa: E402
+
+from htvs.errors import DataNotFound  # noqa: E402
+from htvs.settings import Settings  # noqa: E402
+from htvs.store import LocalStore, S3Store, open_store, run_cached  # noqa: E402
+
+pytestmark = pytest.mark.s3
+
+_bucket_ids = itertools.count()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _moto_command(port: int) -> list[str]:
+    script = Path(sys.executable).with_name("moto_server")
+    if script.exists():
+        return [str(script), "-H", "127.0.0.1", "-p", str(port)]
+    found = shutil.which("moto_server")
+    if found:
+        return [found, "-H", "127.0.0.1", "-p", str(port)]
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` of a moto S3 server started for this test session."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}: {log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not answer on {endpoint} within 30 s")
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_settings(moto_endpoint: str) -> Settings:
+    return Settings(
+        s3_endpoint=moto_endpoint,
+        s3_access_key="testing",
+        s3_secret_key="testing",
+        s3_secure=False,
+        s3_region="us-east-1",
+    )
+
+
+def _new_bucket() -> str:
+    return f"htvs-test-{os.getpid()}-{next(_bucket_ids)}"
+
+
+class TestS3StoreContract(StoreContract):
+    @pytest.fixture
+    def store(self, s3_settings: Settings) -> S3Store:
+        return S3Store(_new_bucket(), "campaign-1", settings=s3_settings, create_bucket=True)
+
+
+def test_s3_gives_the_same_results_as_local(tmp_path: Path, s3_settings: Settings) -> None:
+    s3 = open_store(f"s3://{_new_bucket()}/runs/a", s3_settings, create_bucket=True)
+    local = open_store(tmp_path / "local")
+    assert s3.url.startswith("s3://htvs-test-") and s3.url.endswith("/runs/a")
+    table = _li3ps4_table()
+    for store in (s3, local):
+        store.put_bytes("raw/z.bin", b"z" * 100)
+        store.put_bytes("raw/a.bin", b"\x00\xff")
+        store.put_json("cfg.json", {"threshold_V": 4.0})
+        store.put_table("tables/formulas.parquet", table)
+    assert (
+        s3.list()
+        == local.list()
+        == ["cfg.json", "raw/a.bin", "raw/z.bin", "tables/formulas.parquet"]
+    )
+    assert s3.list("raw/") == local.list("raw/")
+    for key in ("raw/z.bin", "raw/a.bin", "cfg.json"):
+        assert s3.get_bytes(key) == local.get_bytes(key)
+    s3_table = s3.get_table("tables/formulas.parquet")
+    assert s3_table.equals(local.get_table("tables/formulas.parquet"))
+    assert s3_table.equals(table)
+
+
+def test_s3_run_cached_hit(s3_settings: Settings) -> None:
+    store = S3Store(_new_bucket(), settings=s3_settings, create_bucket=True)
+    calls: list[str] = []
+
+    def fn(st: object, prefix: str) -> tuple[list[str], dict[str, int]]:
+        calls.append(prefix)
+        store.put_table(f"{prefix}/out.parquet", _li3ps4_table())
+        return [f"{prefix}/out.parquet"], {"out": 3}
+
+    first = run_cached(store, "thermo", {"phi_ox_min_V": 4.0}, ["in/x"], fn)
+    assert run_cached(store, "thermo", {"phi_ox_min_V": 4.0}, ["in/x"], fn) == first
+    assert len(calls) == 1
+    assert store.list("stages/thermo/") == [f"{calls[0]}/manifest.json", f"{calls[0]}/out.parquet"]
+
+
+def test_s3_prefixes_isolate_stores(s3_settings: Settings) -> None:
+    bucket = _new_bucket()
+    a = S3Store(bucket, "a", settings=s3_settings, create_bucket=True)
+    b = S3Store(bucket, "b", settings=s3_settings)
+    whole = S3Store(bucket, settings=s3_settings)
+    a.put_bytes("k", b"1")
+    b.put_bytes("k", b"2")
+    assert a.list() == b.list() == ["k"]
+    assert whole.list() == ["a/k", "b/k"]
+    assert whole.url == f"s3://{bucket}"
+
+
+def test_s3_missing_bucket(s3_settings: Settings) -> None:
+    with pytest.raises(DataNotFound, match="no-such-bucket-here"):
+        S3Store("no-such-bucket-here", settings=s3_settings)
+
+
+def test_open_store_s3_from_environment(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host = moto_endpoint.removeprefix("http://")
+    monkeypatch.setenv("HTVS_S3_ENDPOINT", host)  # no scheme: HTVS_S3_SECURE decides
+    monkeypatch.setenv("HTVS_S3_SECURE", "false")
+    monkeypatch.setenv("HTVS_S3_ACCESS_KEY", "testing")
+    monkeypatch.setenv("HTVS_S3_SECRET_KEY", "testing")
+    monkeypatch.setenv("HTVS_S3_REGION", "us-east-1")
+    store = open_store(f"s3://{_new_bucket()}", create_bucket=True)
+    store.put_file("f.bin", _write(tmp_path / "f.bin", b"payload"))
+    assert store.get_file("f.bin", tmp_path / "back.bin").read_bytes() == b"payload"
+    assert isinstance(open_store(tmp_path / "x"), LocalStore)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
