@@ -7,7 +7,7 @@ DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean protos
 
 install: $(STAMP)
 
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first (on disk on the dev machines); a bare range would pull CUDA
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m htvs.grpc.codegen
 	touch $(STAMP)
 
 ## The main job on the embedded default (no cluster): prototypes -> substitution -> windows.
@@ -24,6 +25,10 @@ demo: $(STAMP)
 	$(BIN)/htvs prototypes --source bundled
 	$(BIN)/htvs substitute --prototypes bundled --out $(DEMO_OUT)/substitution
 	$(BIN)/htvs window Li7La3Zr2O12 Li3PS4 Li10GeP2S12 Li6PS5Cl Li3InCl6 Li3PO4 Li3ClSO4
+
+## gRPC stubs from protos/htvs/v1 (also done by install; never edit the generated files).
+protos: $(STAMP)
+	$(BIN)/python -m htvs.grpc.codegen
 
 ## The whole test suite.
 test: $(STAMP)
@@ -37,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_substitution.py
 	$(BIN)/python benchmarks/bench_thermo.py
 	$(BIN)/python benchmarks/bench_composition_inference.py
+	$(BIN)/python benchmarks/bench_grpc_load.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build src/*.egg-info

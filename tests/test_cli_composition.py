@@ -10,35 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from htvs.cli import EXIT_BAD_INPUT, app
-from htvs.composition.model import RoostConfig, build_roost
-from htvs.composition.onnx_export import export_onnx, write_model_card
-
-TINY = RoostConfig(
-    elem_fea_len=8, n_graph=1, elem_heads=1, elem_gate=(8,), elem_msg=(8,), cry_heads=1,
-    cry_gate=(8,), cry_msg=(8,), trunk_hidden=(8,), out_hidden=(8,),
-)  # fmt: skip
-
-
-def tiny_ensemble(folder: Path, target: str, units: str, bias: float) -> Path:
-    import torch
-
-    files = []
-    for k in range(2):
-        model = build_roost(TINY, seed=k)
-        with torch.no_grad():
-            model.output_nns[0].fc_out.bias.fill_(bias)
-        files.append(export_onnx(model, folder / f"model_{k}.onnx", target=target, units=units).name)
-    write_model_card(folder, files, target=target, units=units)
-    return folder
+from tiny_models import TINY, tiny_model_pair
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return (
-        tiny_ensemble(root / "ef", "e_form", "eV/atom", -2.0),
-        tiny_ensemble(root / "gap", "band_gap", "eV", 3.0),
-    )
+    return tiny_model_pair(tmp_path_factory.mktemp("models"))
 
 
 def model_args(models: tuple[Path, Path]) -> list[str]:

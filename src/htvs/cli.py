@@ -458,5 +458,119 @@ def screen(
     Console().print(table)
 
 
+@app.command()
+def serve(
+    name: str = typer.Argument(..., help="Service: substitution or composition."),
+    port: int = typer.Option(..., help="gRPC port (0: a free port, printed on stdout)."),
+    metrics_port: int | None = typer.Option(None, help="Prometheus /metrics port (default: none)."),
+    max_workers: int = typer.Option(8, help="Worker threads handling calls."),
+    host: str = typer.Option("[::]", help="Interface to bind."),
+    e_form_models: Path | None = typer.Option(None, help="E_f ensemble folder (composition; default: shipped)."),
+    band_gap_models: Path | None = typer.Option(None, help="Band-gap ensemble folder (composition; default: shipped)."),
+) -> None:
+    """Serve a stage over gRPC (htvs.v1) until SIGTERM/SIGINT, then stop gracefully.
+
+    Prints one JSON line on stdout once serving: service, port, metrics_port.
+    """
+    import logging
+
+    from htvs.grpc.serve import check_service_name, serve as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    resources: dict[str, Any] = {}
+    if name == "composition":
+        resources = {"e_form_models": e_form_models, "band_gap_models": band_gap_models}
+
+    def announce(server, bound: int) -> None:
+        _emit_json({"service": server.service_names[0], "port": bound, "metrics_port": server.metrics_port})
+        sys.stdout.flush()
+
+    with _clear_errors():
+        check_service_name(name)
+        run(name, port, metrics_port, host=host, max_workers=max_workers, ready=announce, **resources)
+
+
+campaign_app = typer.Typer(help="Screening campaigns: the whole funnel, or one step (Argo).", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+_STORE_HELP = "Artifact store: a directory (default OUT/store) or s3://bucket/prefix (HTVS_S3_* env)."
+
+
+@contextmanager
+def _stage_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """One rich progress bar per campaign step."""
+    if not enabled:
+        yield lambda step, done, total: None
+        return
+    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_stderr()) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield update
+
+
+@campaign_app.command("run")
+def campaign_run(
+    config_path: Path = typer.Argument(..., help="Campaign YAML (see configs/demo.yaml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: tables, funnel.json, candidates.csv."),
+    store_url: str | None = typer.Option(None, "--store", help=_STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),
+) -> None:
+    """Run a whole campaign on this machine (the embedded default); a rerun resumes from the store."""
+    from htvs.campaign import load_campaign, run_campaign
+    from htvs.store import open_store
+
+    with _clear_errors():
+        config = load_campaign(config_path)
+        store = open_store(store_url or (out / "store"), create_bucket=True)
+        with _stage_progress(not as_json) as progress:
+            funnel = run_campaign(config, store, out, progress=progress)
+    if as_json:
+        _emit_json(funnel)
+        return
+    table = Table("funnel step", "count", title=f"campaign {config.name!r}")
+    for step, count in funnel.items():
+        table.add_row(step, f"{count:,}")
+    Console().print(table)
+    Console().print(f"tables, funnel.json and candidates.csv in {out}")
+
+
+@campaign_app.command("stage")
+def campaign_stage(
+    step: str = typer.Argument(..., help="prototypes | substitute | predict | screen | report"),
+    config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
+    store_url: str = typer.Option(..., "--store", help=_STORE_HELP),
+    shard: int | None = typer.Option(None, help="predict only: the shard to run (Argo fan-out)."),
+) -> None:
+    """Run one step of a campaign against a store (what each Argo step runs)."""
+    from htvs.campaign import load_campaign, run_step
+    from htvs.store import StageManifest, open_store
+
+    with _clear_errors():
+        config = load_campaign(config_path)
+        result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard)
+    if isinstance(result, StageManifest):
+        _emit_json(json.loads(result.model_dump_json()))
+    else:
+        _emit_json({"step": step, "done": True})
+
+
+@campaign_app.command("shards")
+def campaign_shards(
+    config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
+    store_url: str | None = typer.Option(None, "--store", help="Accepted for symmetry; unused."),
+) -> None:
+    """Print the predict fan-out's shard indices as a JSON list (Argo withParam)."""
+    from htvs.campaign import load_campaign, shard_list
+
+    with _clear_errors():
+        _emit_json(shard_list(load_campaign(config_path)))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

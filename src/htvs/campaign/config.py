@@ -1,0 +1,169 @@
+"""The campaign configuration file (YAML), validated before any work starts.
+
+Unknown keys, bad thresholds, missing files and impossible element pools are refused with a
+message naming the offending key and value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from htvs.errors import InvalidInput
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrototypesSection(_Section):
+    """Where prototypes come from: ``bundled``, ``mp`` (MP_API_KEY) or a folder path."""
+
+    source: str = "bundled"
+    max_atoms: int = Field(200, ge=1, le=10_000)
+    n_elements: tuple[int, ...] = (3, 4)
+
+
+class SubstitutionSection(_Section):
+    """Stage 1 settings (see ``htvs.substitution.SubstitutionConfig``); null pool = the paper's 28."""
+
+    element_pool: tuple[str, ...] | None = None
+    kept_element: str = "Li"
+    required_element: str | None = "S"
+    rule: str = "one_required"
+
+
+class CompositionSection(_Section):
+    """Stage 2 settings: model folders (null = shipped), shards for fan-out, batch size."""
+
+    e_form_models: Path | None = None
+    band_gap_models: Path | None = None
+    shards: int = Field(4, ge=1, le=10_000)
+    batch_size: int = Field(4096, ge=1, le=1_000_000)
+
+
+class ScreeningSection(_Section):
+    """Stage 3 thresholds (the paper's defaults)."""
+
+    max_e_form_ev_per_atom: float = 0.1
+    max_e_above_hull_ev_per_atom: float = 0.2
+    min_band_gap_ev: float = 0.5
+    min_phi_ox_v: float = 4.0
+
+
+class CampaignConfig(_Section):
+    """One screening campaign."""
+
+    name: str = "campaign"
+    prototypes: PrototypesSection = PrototypesSection()
+    substitution: SubstitutionSection = SubstitutionSection()
+    composition: CompositionSection = CompositionSection()
+    screening: ScreeningSection = ScreeningSection()
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+            raise ValueError(f"name must be a lowercase slug (a-z, 0-9, '-'), got {value!r}")
+        return value
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key {where!r}")
+        else:
+            parts.append(f"{where}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(parts)
+
+
+def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> CampaignConfig:
+    """Deeper checks that need the stage configs: pool, rule, thresholds, model folders."""
+    from htvs.screening import CompositionScreenConfig
+
+    substitution_config(config)
+    CompositionScreenConfig(**config.screening.model_dump())
+    base = base_dir or Path.cwd()
+    for key in ("e_form_models", "band_gap_models"):
+        folder = getattr(config.composition, key)
+        if folder is not None:
+            path = folder if folder.is_absolute() else base / folder
+            if not (path / "model_card.json").is_file():
+                raise InvalidInput(f"composition.{key}: no model_card.json in {path}")
+    source = config.prototypes.source
+    if source not in ("bundled", "mp"):
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if not path.is_dir():
+            raise InvalidInput(f"prototypes.source: folder {path} does not exist")
+    return config
+
+
+def substitution_config(config: CampaignConfig):
+    """The ``SubstitutionConfig`` of a campaign (raises InvalidInput on a bad pool or rule)."""
+    from htvs.substitution import SubstitutionConfig, SubstitutionRule
+
+    section = config.substitution
+    try:
+        rule = SubstitutionRule(section.rule)
+    except ValueError:
+        raise InvalidInput(
+            f"substitution.rule: unknown rule {section.rule!r}; choose from {[r.value for r in SubstitutionRule]}"
+        ) from None
+    kwargs: dict[str, Any] = {
+        "kept_element": section.kept_element,
+        "required_element": section.required_element,
+        "rule": rule,
+    }
+    if section.element_pool is not None:
+        kwargs["element_pool"] = section.element_pool
+    return SubstitutionConfig(**kwargs)
+
+
+def parse_campaign(data: Any, source: str = "campaign config") -> CampaignConfig:
+    """Validate a loaded YAML document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(f"{source}: {_describe(exc)}") from None
+
+
+def load_campaign(path: str | Path) -> CampaignConfig:
+    """Read and fully validate a campaign YAML file (paths relative to the file's folder)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"campaign config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"campaign config {path} is not valid YAML: {exc}") from None
+    config = validate_campaign(parse_campaign(data, str(path)), base_dir=path.parent.resolve())
+    return resolve_paths(config, path.parent.resolve())
+
+
+def resolve_paths(config: CampaignConfig, base: Path) -> CampaignConfig:
+    """Make the model folders and a folder prototype source absolute (relative to ``base``)."""
+    composition = config.composition.model_copy(
+        update={
+            key: (base / value if value is not None and not value.is_absolute() else value)
+            for key, value in (
+                ("e_form_models", config.composition.e_form_models),
+                ("band_gap_models", config.composition.band_gap_models),
+            )
+        }
+    )
+    source = config.prototypes.source
+    if source not in ("bundled", "mp") and not Path(source).is_absolute():
+        source = str(base / source)
+    prototypes = config.prototypes.model_copy(update={"source": source})
+    return config.model_copy(update={"composition": composition, "prototypes": prototypes})

@@ -1,0 +1,170 @@
+"""The embedded campaign runner: the whole DAG in one process on a local or S3 store.
+
+``run_step`` is also what each Argo step runs (one step per pod); every step first ensures its
+inputs, which are cache hits when the upstream steps already ran.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from htvs.campaign.config import CampaignConfig
+from htvs.campaign.stages import (
+    InProcessBackend,
+    StageBackend,
+    _output,
+    run_predict_shard,
+    run_prototypes,
+    run_screen,
+    run_substitute,
+)
+from htvs.errors import InvalidInput
+from htvs.store import ArtifactStore, StageManifest
+
+STEPS = ("prototypes", "substitute", "predict", "screen", "report")
+#: Files the runner leaves in the output directory.
+OUTPUT_FILES = (
+    "substitutions.parquet",
+    "formulas.parquet",
+    "prototypes.parquet",
+    "predictions.parquet",
+    "screen.parquet",
+    "funnel.json",
+    "candidates.csv",
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+def _quiet(step: str, done: int, total: int) -> None:
+    return None
+
+
+def report_prefix(config: CampaignConfig) -> str:
+    return f"campaigns/{config.name}/report"
+
+
+@dataclass(frozen=True)
+class CampaignManifests:
+    """The manifests of a finished DAG, in order."""
+
+    prototypes: StageManifest
+    substituted: StageManifest
+    predicted: tuple[StageManifest, ...]
+    screened: StageManifest
+
+
+def run_step(
+    store: ArtifactStore,
+    config: CampaignConfig,
+    step: str,
+    shard: int | None = None,
+    backend: StageBackend | None = None,
+    progress: Progress = _quiet,
+) -> StageManifest | CampaignManifests | dict:
+    """Run one step of the DAG; the steps it depends on run first (cache hits when done).
+
+    ``predict`` with a ``shard`` runs that shard only (the Argo fan-out); without, all shards.
+    """
+    if step not in STEPS:
+        raise InvalidInput(f"unknown campaign step {step!r}; choose from {list(STEPS)}")
+    backend = backend or InProcessBackend()
+    progress("prototypes", 0, 1)
+    prototypes = run_prototypes(store, config)
+    progress("prototypes", 1, 1)
+    if step == "prototypes":
+        return prototypes
+    progress("substitute", 0, 1)
+    substituted = run_substitute(store, config, prototypes, backend)
+    progress("substitute", 1, 1)
+    if step == "substitute":
+        return substituted
+    if step == "predict" and shard is not None:
+        return run_predict_shard(store, config, substituted, shard, backend)
+    shards = config.composition.shards
+    predicted = []
+    for i in range(shards):
+        progress("predict", i, shards)
+        predicted.append(run_predict_shard(store, config, substituted, i, backend))
+    progress("predict", shards, shards)
+    if step == "predict":
+        return CampaignManifests(prototypes, substituted, tuple(predicted), substituted)
+    progress("screen", 0, 1)
+    screened = run_screen(store, config, predicted, backend)
+    progress("screen", 1, 1)
+    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened)
+    if step == "screen":
+        return manifests
+    write_report(store, config, manifests)
+    return manifests
+
+
+def write_report(store: ArtifactStore, config: CampaignConfig, manifests: CampaignManifests) -> dict:
+    """The whole funnel and the candidate table, under ``campaigns/<name>/report``."""
+    prototypes, substituted, screened = manifests.prototypes, manifests.substituted, manifests.screened
+    screen_funnel = store.get_json(_output(screened, "funnel.json"))
+    funnel = {
+        "prototypes": prototypes.row_counts["prototypes"],
+        "substitutions": substituted.row_counts["substitutions"],
+        "unique_formulas": substituted.row_counts["unique_formulas"],
+        **{k: v for k, v in screen_funnel.items() if k != "formulas"},
+    }
+    table = store.get_table(_output(screened, "screen.parquet")).to_pandas()
+    candidates = table[table["passed"]].drop(
+        columns=[c for c in table.columns if c.startswith("passed") or c in ("error", "screen_error")]
+    )
+    candidates = candidates.sort_values(["phi_ox", "e_above_hull"], ascending=[False, True])
+    prefix = report_prefix(config)
+    store.put_json(f"{prefix}/funnel.json", funnel)
+    buffer = io.StringIO()
+    candidates.to_csv(buffer, index=False, float_format="%.6g")
+    store.put_bytes(f"{prefix}/candidates.csv", buffer.getvalue().encode())
+    return funnel
+
+
+def shard_list(config: CampaignConfig) -> list[int]:
+    """The shard indices of the predict fan-out (Argo ``withParam``)."""
+    return list(range(config.composition.shards))
+
+
+def run_campaign(
+    config: CampaignConfig,
+    store: ArtifactStore,
+    out_dir: Path,
+    backend: StageBackend | None = None,
+    progress: Progress = _quiet,
+) -> dict:
+    """Run every step, then copy the final tables, ``funnel.json`` and ``candidates.csv`` to
+    ``out_dir``. Returns the funnel."""
+    manifests = run_step(store, config, "report", backend=backend, progress=progress)
+    assert isinstance(manifests, CampaignManifests)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copies = {
+        name: _output(manifests.substituted, name)
+        for name in ("substitutions.parquet", "formulas.parquet", "prototypes.parquet")
+    }
+    copies["screen.parquet"] = _output(manifests.screened, "screen.parquet")
+    copies["funnel.json"] = f"{report_prefix(config)}/funnel.json"
+    copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
+    for name, key in copies.items():
+        _write_atomic(out_dir / name, store.get_bytes(key))
+    predictions = pa.concat_tables(
+        [store.get_table(_output(m, "predictions.parquet")) for m in manifests.predicted]
+    )
+    buffer = io.BytesIO()
+    pq.write_table(predictions, buffer, compression="zstd")
+    _write_atomic(out_dir / "predictions.parquet", buffer.getvalue())
+    return store.get_json(f"{report_prefix(config)}/funnel.json")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

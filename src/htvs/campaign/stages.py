@@ -1,0 +1,215 @@
+"""The campaign's stages as store-to-store steps, each cached by its manifest.
+
+Every step reads its inputs from the store by key and writes its outputs under its own
+content-addressed prefix (``stages/<stage>/<hash>``) through :func:`htvs.store.run_cached`, so a
+step whose manifest exists is skipped and a killed campaign resumes where it stopped. The same
+steps back the embedded runner (one process), the Argo steps (one pod each) and, through
+:class:`StageBackend`, the gRPC services.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from htvs.campaign.config import CampaignConfig, substitution_config
+from htvs.errors import StageFailed
+from htvs.store import ArtifactStore, StageManifest, run_cached
+
+PROTOTYPES_FILE = "prototypes.jsonl.gz"
+
+
+class StageBackend(Protocol):
+    """What executes the science of a step: in process (default) or a gRPC service."""
+
+    def substitute(self, patterns: list, config) -> object: ...
+
+    def predict(self, formulas: list[str], config: CampaignConfig) -> pd.DataFrame: ...
+
+    def screen(self, predictions: pd.DataFrame, config: CampaignConfig): ...
+
+
+@dataclass
+class InProcessBackend:
+    """Calls the stage functions directly; heavy resources are loaded once and kept."""
+
+    _models: tuple | None = None
+    _hull: object | None = None
+
+    def substitute(self, patterns, config):
+        from htvs.substitution import enumerate_substitutions
+
+        return enumerate_substitutions(patterns, config)
+
+    def predict(self, formulas: list[str], config: CampaignConfig) -> pd.DataFrame:
+        from htvs.composition import predict_compositions
+
+        ef, gap = self.models(config)
+        return predict_compositions(formulas, ef, gap, batch_size=config.composition.batch_size)
+
+    def screen(self, predictions: pd.DataFrame, config: CampaignConfig):
+        from htvs.screening import CompositionScreenConfig, screen_compositions
+        from htvs.thermo import ReferenceHull
+
+        if self._hull is None:
+            self._hull = ReferenceHull.bundled()
+        return screen_compositions(
+            predictions, self._hull, CompositionScreenConfig(**config.screening.model_dump())
+        )
+
+    def models(self, config: CampaignConfig):
+        from htvs.composition.ship import load_ensemble
+
+        if self._models is None:
+            self._models = (
+                load_ensemble("e_form", config.composition.e_form_models),
+                load_ensemble("band_gap", config.composition.band_gap_models),
+            )
+        return self._models
+
+
+def model_versions(config: CampaignConfig) -> dict[str, str]:
+    """sha256 of each composition model card: part of the predict step's cache key."""
+    import hashlib
+
+    from htvs.composition.ship import shipped_model_dir
+
+    out = {}
+    for target, folder in (
+        ("e_form", config.composition.e_form_models),
+        ("band_gap", config.composition.band_gap_models),
+    ):
+        card = (folder or shipped_model_dir(target)) / "model_card.json"
+        out[target] = hashlib.sha256(card.read_bytes()).hexdigest() if card.is_file() else "missing"
+    return out
+
+
+def run_prototypes(store: ArtifactStore, config: CampaignConfig) -> StageManifest:
+    """Load prototypes; store them as gzipped JSON lines (id, source, species, structure)."""
+    from htvs.prototypes import PrototypeFilter, load_prototypes
+
+    section = config.prototypes
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        loaded = load_prototypes(
+            section.source,
+            PrototypeFilter(max_atoms=section.max_atoms, allowed_n_elements=tuple(section.n_elements)),
+        )
+        lines = [
+            json.dumps(
+                {"id": p.id, "source": p.source, "species_amounts": p.species_amounts,
+                 "structure": p.structure.as_dict()}
+            )
+            for p in loaded.prototypes
+        ]
+        key = f"{prefix}/{PROTOTYPES_FILE}"
+        store.put_bytes(key, gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+        skipped_key = f"{prefix}/skipped.json"
+        store.put_json(skipped_key, [{"name": s.name, "reason": s.reason} for s in loaded.skipped])
+        return [key, skipped_key], {"prototypes": len(lines), "skipped": len(loaded.skipped)}, {
+            "load": time.perf_counter() - start
+        }
+
+    return run_cached(store, "prototypes", section, [], step)
+
+
+def read_patterns(store: ArtifactStore, key: str) -> list:
+    from htvs.substitution import SitePattern
+
+    text = gzip.decompress(store.get_bytes(key)).decode()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [SitePattern(r["id"], {k: int(v) for k, v in r["species_amounts"].items()}) for r in rows]
+
+
+def run_substitute(
+    store: ArtifactStore, config: CampaignConfig, prototypes: StageManifest, backend: StageBackend
+) -> StageManifest:
+    """Stage 1 on the stored prototypes: the three Parquet tables."""
+    from htvs.substitution.tables import formula_table, prototype_table, substitution_table
+
+    proto_key = _output(prototypes, PROTOTYPES_FILE)
+    sub_config = substitution_config(config)
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        result = backend.substitute(read_patterns(store, proto_key), sub_config)
+        keys = []
+        for name, table in (
+            ("substitutions", substitution_table(result)),
+            ("formulas", formula_table(result)),
+            ("prototypes", prototype_table(result)),
+        ):
+            keys.append(f"{prefix}/{name}.parquet")
+            store.put_table(keys[-1], table)
+        counts = {"substitutions": result.n_substitutions, "unique_formulas": result.n_unique}
+        return keys, counts, {"substitute": time.perf_counter() - start}
+
+    return run_cached(store, "substitute", config.substitution, [proto_key], step)
+
+
+def shard_rows(n_rows: int, shard: int, shards: int) -> np.ndarray:
+    """Row indices of ``shard`` out of ``shards`` contiguous blocks of ``n_rows``."""
+    return np.array_split(np.arange(n_rows), shards)[shard]
+
+
+def run_predict_shard(
+    store: ArtifactStore,
+    config: CampaignConfig,
+    substituted: StageManifest,
+    shard: int,
+    backend: StageBackend,
+) -> StageManifest:
+    """Stage 2 on one shard of the unique formulas."""
+    formulas_key = _output(substituted, "formulas.parquet")
+    shards = config.composition.shards
+    if not 0 <= shard < shards:
+        raise StageFailed(f"shard {shard} is outside 0..{shards - 1}")
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        formulas = store.get_table(formulas_key).column("formula").to_pylist()
+        rows = shard_rows(len(formulas), shard, shards)
+        frame = backend.predict([formulas[i] for i in rows], config)
+        key = f"{prefix}/predictions.parquet"
+        store.put_table(key, pa.Table.from_pandas(frame, preserve_index=False))
+        return [key], {"formulas": len(frame), "errors": int(frame["error"].notna().sum())}, {
+            "predict": time.perf_counter() - start
+        }
+
+    stage_config = {"composition": config.composition, "shard": shard, "of": shards}
+    return run_cached(
+        store, "predict", stage_config, [formulas_key], step, model_versions=model_versions(config)
+    )
+
+
+def run_screen(
+    store: ArtifactStore, config: CampaignConfig, shards: list[StageManifest], backend: StageBackend
+) -> StageManifest:
+    """Stage 3 on the concatenated predictions of every shard (fan-in)."""
+    keys = [_output(m, "predictions.parquet") for m in shards]
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        predictions = pa.concat_tables([store.get_table(k) for k in keys]).to_pandas()
+        result = backend.screen(predictions, config)
+        table_key, funnel_key = f"{prefix}/screen.parquet", f"{prefix}/funnel.json"
+        store.put_table(table_key, pa.Table.from_pandas(result.table, preserve_index=False))
+        store.put_json(funnel_key, result.funnel)
+        return [table_key, funnel_key], dict(result.funnel), {"screen": time.perf_counter() - start}
+
+    return run_cached(store, "screen", config.screening, keys, step)
+
+
+def _output(manifest: StageManifest, name: str) -> str:
+    for key in manifest.output_keys:
+        if key.rsplit("/", 1)[-1] == name:
+            return key
+    raise StageFailed(f"stage {manifest.stage!r} has no output named {name!r} ({manifest.output_keys})")
