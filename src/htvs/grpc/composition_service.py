@@ -1,0 +1,256 @@
+"""``htvs.v1.CompositionService``: stage 2 (composition models) and stage 3 (thermo screen).
+
+Which errors are per row and which refuse the whole request:
+
+* Whole request (INVALID_ARGUMENT, nothing computed): an empty batch, a batch above
+  ``max_batch_rows``, a non-empty ``store_key``, bad thresholds (NaN, negative band gap...),
+  and in Screen a predicted row whose numbers are not usable (unset, non-finite, negative std or
+  band gap): those come from a broken producer, not from the chemistry.
+* Per row (a ``RowError`` on the row, status OK, the other rows computed): a formula the models
+  cannot featurize (Predict), a formula the reference hull cannot handle or a missing/non-finite
+  energy (Hull, Window), a window asked of a formula without Li (Window), a hull or window that
+  fails in Screen. These are what the stage functions already report per row.
+
+The reference hull and the ONNX ensembles are loaded once by the caller and passed in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pandas as pd
+
+from htvs.composition import predict_compositions
+from htvs.errors import InvalidInput, ModelNotReady
+from htvs.grpc.gen import common_pb2
+from htvs.grpc.gen import composition_pb2 as pb
+from htvs.grpc.gen import composition_pb2_grpc as pb_grpc
+from htvs.grpc.server import report_rows
+from htvs.screening import PREDICTION_COLUMNS, CompositionScreenConfig, screen_compositions
+from htvs.thermo import HullResult, ReferenceHull, RowError, WindowResult, e_above_hull_many, electrochemical_windows
+
+#: Default largest batch (rows) of one request.
+DEFAULT_MAX_BATCH_ROWS = 10_000
+_THRESHOLDS = (
+    "max_e_form_ev_per_atom",
+    "max_e_above_hull_ev_per_atom",
+    "min_band_gap_ev",
+    "min_phi_ox_v",
+)
+
+
+def _row_error(error: RowError) -> common_pb2.RowError:
+    return common_pb2.RowError(index=error.index, value=error.formula, message=error.error, kind=error.kind)
+
+
+def _prediction(row) -> pb.Prediction:
+    """A Prediction message from a row of :func:`predict_compositions`' table."""
+    fields = {"formula": row.formula}
+    for name in ("e_form_mean", "e_form_std", "band_gap_mean", "band_gap_std"):
+        value = float(getattr(row, name))
+        if math.isfinite(value):
+            fields[name] = value
+    return pb.Prediction(**fields)
+
+
+def screen_config_from_proto(message: pb.ScreenThresholds) -> CompositionScreenConfig:
+    """The stage's thresholds; unset fields take the paper's values.
+
+    Raises:
+        InvalidInput: a threshold that is NaN/inf or out of range, named with its value.
+    """
+    values = {name: getattr(message, name) for name in _THRESHOLDS if message.HasField(name)}
+    return CompositionScreenConfig(**values)
+
+
+def predictions_frame(rows, *, what: str = "predictions") -> pd.DataFrame:
+    """The stage-2 table (:data:`~htvs.screening.PREDICTION_COLUMNS`) of Prediction messages.
+
+    A row with ``error`` set is carried as not predicted. A row without it must have all four
+    values, finite, with std >= 0 and band gap >= 0.
+
+    Raises:
+        InvalidInput: the first unusable row, naming its position, formula, field and value.
+    """
+    records = []
+    for i, row in enumerate(rows):
+        if row.HasField("error"):
+            records.append((row.formula, math.nan, math.nan, math.nan, math.nan, row.error.message or "error"))
+            continue
+        values = []
+        for name, units in (
+            ("e_form_mean", "eV/atom"),
+            ("e_form_std", "eV/atom"),
+            ("band_gap_mean", "eV"),
+            ("band_gap_std", "eV"),
+        ):
+            if not row.HasField(name):
+                raise InvalidInput(f"{what}[{i}] ({row.formula!r}) has no {name} and no error")
+            value = getattr(row, name)
+            if not math.isfinite(value):
+                raise InvalidInput(f"{what}[{i}] ({row.formula!r}): {name} must be finite, got {value!r}")
+            if name != "e_form_mean" and value < 0:
+                raise InvalidInput(f"{what}[{i}] ({row.formula!r}): {name} must be >= 0 {units}, got {value!r}")
+            values.append(value)
+        records.append((row.formula, *values, None))
+    return pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
+
+
+class CompositionServicer(pb_grpc.CompositionServiceServicer):
+    """Serves :func:`~htvs.composition.predict_compositions`, :func:`~htvs.screening.screen_compositions`,
+    :func:`~htvs.thermo.e_above_hull_many` and :func:`~htvs.thermo.electrochemical_windows`.
+
+    Args:
+        hull: the reference hull (e.g. ``ReferenceHull.bundled()``), loaded once.
+        e_form_model, band_gap_model: loaded ensembles (``htvs.composition.ship.load_ensemble``);
+            without them Predict answers FAILED_PRECONDITION (Hull and Window still work).
+        max_batch_rows: most rows per request.
+        batch_size: formulas featurized per model call in Predict.
+    """
+
+    service_name = pb.DESCRIPTOR.services_by_name["CompositionService"].full_name
+
+    def __init__(
+        self,
+        hull: ReferenceHull,
+        e_form_model=None,
+        band_gap_model=None,
+        *,
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        batch_size: int = 4096,
+    ) -> None:
+        if max_batch_rows < 1:
+            raise InvalidInput(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        self.hull = hull
+        self.e_form_model = e_form_model
+        self.band_gap_model = band_gap_model
+        self.max_batch_rows = int(max_batch_rows)
+        self.batch_size = int(batch_size)
+
+    def add_to_server(self, server: grpc.Server) -> None:
+        pb_grpc.add_CompositionServiceServicer_to_server(self, server)
+
+    def _check_batch(self, request, n_rows: int, field: str) -> None:
+        kind = type(request).__name__
+        if request.store_key:
+            raise InvalidInput(
+                f"{kind}.store_key {request.store_key!r}: store keys are not supported yet; send rows inline"
+            )
+        if n_rows == 0:
+            raise InvalidInput(f"{kind}.{field} is empty; send 1 to {self.max_batch_rows} rows")
+        if n_rows > self.max_batch_rows:
+            raise InvalidInput(
+                f"{kind}.{field} has {n_rows} rows, more than this server's limit of "
+                f"{self.max_batch_rows}; split the batch"
+            )
+
+    def _models(self):
+        if self.e_form_model is None or self.band_gap_model is None:
+            raise ModelNotReady("this server has no composition models loaded; Predict is unavailable")
+        return self.e_form_model, self.band_gap_model
+
+    # -- RPCs -------------------------------------------------------------------------------
+
+    def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        self._check_batch(request, len(request.formulas), "formulas")
+        ef_model, gap_model = self._models()
+        frame = predict_compositions(list(request.formulas), ef_model, gap_model, batch_size=self.batch_size)
+        response = pb.PredictResponse(
+            models=[
+                pb.ModelInfo(target=str(m.target), units=str(m.units), n_models=int(m.n_models))
+                for m in (ef_model, gap_model)
+            ]
+        )
+        n_errors = 0
+        for i, row in enumerate(frame.itertuples(index=False)):
+            message = _prediction(row)
+            if row.error is not None:
+                n_errors += 1
+                message = pb.Prediction(
+                    formula=row.formula,
+                    error=common_pb2.RowError(index=i, value=row.formula, message=row.error, kind="InvalidInput"),
+                )
+            response.rows.append(message)
+        report_rows(len(frame), n_errors)
+        return response
+
+    def Screen(self, request: pb.ScreenRequest, context) -> pb.ScreenResponse:
+        self._check_batch(request, len(request.predictions), "predictions")
+        config = screen_config_from_proto(request.thresholds)
+        frame = predictions_frame(request.predictions)
+        result = screen_compositions(frame, self.hull, config)
+        table = result.table
+        response = pb.ScreenResponse(funnel=pb.Funnel(**result.funnel))
+        n_errors = 0
+        for i, (given, row) in enumerate(zip(request.predictions, table.itertuples(index=False), strict=True)):
+            fields = {}
+            for name, column in (
+                ("e_above_hull_ev_per_atom", "e_above_hull"),
+                ("phi_red_v", "phi_red"),
+                ("phi_ox_v", "phi_ox"),
+            ):
+                value = float(getattr(row, column))
+                if math.isfinite(value):
+                    fields[name] = value
+            out = response.rows.add(
+                prediction=given,
+                passed_e_form_and_hull=bool(row.passed_e_form_and_hull),
+                passed_band_gap=bool(row.passed_band_gap),
+                passed_oxidation_window=bool(row.passed_oxidation_window),
+                passed=bool(row.passed),
+                **fields,
+            )
+            if row.screen_error is not None:
+                n_errors += 1
+                out.error.CopyFrom(common_pb2.RowError(index=i, value=row.formula, message=str(row.screen_error)))
+            elif given.HasField("error"):
+                n_errors += 1
+        report_rows(len(table), n_errors)
+        return response
+
+    def Hull(self, request: pb.HullRequest, context) -> pb.HullResponse:
+        self._check_batch(request, len(request.rows), "rows")
+        formulas = [q.formula for q in request.rows]
+        energies = [q.e_form_ev_per_atom if q.HasField("e_form_ev_per_atom") else None for q in request.rows]
+        results = e_above_hull_many(self.hull, formulas, energies)
+        response = pb.HullResponse()
+        n_errors = 0
+        for query, result in zip(request.rows, results, strict=True):
+            if isinstance(result, HullResult):
+                response.rows.add(
+                    formula=result.formula,
+                    e_form_ev_per_atom=result.e_form_ev_per_atom,
+                    e_above_hull_ev_per_atom=result.e_above_hull_ev_per_atom,
+                    decomposition=[common_pb2.PhaseFraction(formula=f, fraction=x) for f, x in result.decomposition],
+                )
+            else:
+                n_errors += 1
+                response.rows.add(formula=query.formula, error=_row_error(result))
+        report_rows(len(results), n_errors)
+        return response
+
+    def Window(self, request: pb.WindowRequest, context) -> pb.WindowResponse:
+        self._check_batch(request, len(request.rows), "rows")
+        formulas = [q.formula for q in request.rows]
+        energies = [q.e_form_ev_per_atom if q.HasField("e_form_ev_per_atom") else None for q in request.rows]
+        given = any(e is not None for e in energies)
+        results = electrochemical_windows(self.hull, formulas, energies if given else None)
+        response = pb.WindowResponse()
+        n_errors = 0
+        for query, result in zip(request.rows, results, strict=True):
+            if isinstance(result, WindowResult):
+                response.rows.add(
+                    formula=result.formula,
+                    phi_red_v=result.phi_red_v,
+                    phi_ox_v=result.phi_ox_v,
+                    reduction_products=list(result.reduction_products),
+                    oxidation_products=list(result.oxidation_products),
+                    inserted=bool(result.inserted),
+                )
+            else:
+                n_errors += 1
+                response.rows.add(formula=query.formula, error=_row_error(result))
+        report_rows(len(results), n_errors)
+        return response
+

@@ -1,0 +1,151 @@
+"""``serve(name, port, ...)``: load a service's resources once, serve until SIGTERM/SIGINT.
+
+Used by ``htvs serve NAME``. Heavy resources (prototype sets, the reference hull, the ONNX
+ensembles) are loaded before the server starts; a missing model fails the start with a clear
+message instead of a server that cannot answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from htvs.errors import InvalidInput
+from htvs.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WORKERS, HtvsServer, Servicer, create_server
+
+logger = logging.getLogger(__name__)
+
+#: Services ``serve`` can start now.
+AVAILABLE_SERVICES = ("substitution", "composition")
+#: Services of the funnel that are not served yet.
+PLANNED_SERVICES = ("structure", "conductivity", "dft")
+#: Seconds calls in flight may still run after SIGTERM.
+DEFAULT_GRACE_S = 10.0
+
+
+def check_service_name(name: str) -> str:
+    """``name`` if it can be served; otherwise InvalidInput naming what is and is not available."""
+    if name in AVAILABLE_SERVICES:
+        return name
+    if name in PLANNED_SERVICES:
+        raise InvalidInput(
+            f"service {name!r} is not available yet ({', '.join(PLANNED_SERVICES)} come later); "
+            f"available: {', '.join(AVAILABLE_SERVICES)}"
+        )
+    raise InvalidInput(f"unknown service {name!r}; available: {', '.join(AVAILABLE_SERVICES)}")
+
+
+def build_servicer(
+    name: str,
+    *,
+    prototype_sources: Sequence[str] = ("bundled",),
+    e_form_models: Path | None = None,
+    band_gap_models: Path | None = None,
+    threads: int | None = 1,
+    max_batch_rows: int | None = None,
+) -> Servicer:
+    """Load the resources of service ``name`` and return its servicer.
+
+    Args:
+        name: ``"substitution"`` or ``"composition"``.
+        prototype_sources: prototype sets the substitution service serves by name (each a
+            :func:`~htvs.prototypes.load_prototypes` spec: ``"bundled"``, ``"mp"``, a folder).
+        e_form_models, band_gap_models: ensemble folders (default: the shipped models).
+        threads: onnxruntime intra-op threads per model (default 1: a server's parallelism comes
+            from concurrent calls; onnxruntime's own thread pool per call made small batches
+            ~10x slower on a busy 2-core machine. None: onnxruntime's default).
+        max_batch_rows: most rows per request (None: the servicer's default).
+
+    Raises:
+        InvalidInput: unknown or not yet available service.
+        ModelNotReady: a composition model is missing.
+    """
+    check_service_name(name)
+    if name == "substitution":
+        from htvs.grpc.substitution_service import SubstitutionServicer
+        from htvs.prototypes import load_prototypes
+
+        sets = {spec: load_prototypes(spec) for spec in prototype_sources}
+        limits = {} if max_batch_rows is None else {"max_prototypes": max_batch_rows}
+        return SubstitutionServicer(sets, **limits)
+    from htvs.composition.ship import load_ensemble
+    from htvs.grpc.composition_service import CompositionServicer
+    from htvs.thermo import ReferenceHull
+
+    e_form = load_ensemble("e_form", e_form_models, threads)
+    band_gap = load_ensemble("band_gap", band_gap_models, threads)
+    limits = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}
+    return CompositionServicer(ReferenceHull.bundled(), e_form, band_gap, **limits)
+
+
+def serve(
+    name: str,
+    port: int,
+    metrics_port: int | None = None,
+    *,
+    host: str = "[::]",
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    grace_s: float = DEFAULT_GRACE_S,
+    servicer: Servicer | None = None,
+    ready: Callable[[HtvsServer, int], None] | None = None,
+    **resources,
+) -> None:
+    """Serve ``name`` on ``host:port`` until SIGTERM or SIGINT, then stop gracefully.
+
+    Args:
+        name: ``"substitution"`` or ``"composition"``; ``structure``, ``conductivity`` and
+            ``dft`` are refused as not yet available.
+        port: gRPC port (0: a free one, reported to ``ready`` and in the log).
+        metrics_port: Prometheus ``/metrics`` port (None: no endpoint; 0: a free one).
+        host: interface to bind.
+        max_workers: worker threads.
+        max_message_bytes: largest request/response, bytes.
+        grace_s: seconds calls in flight may finish after the signal.
+        servicer: an already built servicer (default: :func:`build_servicer` with ``resources``).
+        ready: called with ``(server, port)`` once serving (signal handlers are installed).
+        resources: keyword arguments of :func:`build_servicer`.
+
+    Signal handlers are installed only when called from the main thread; elsewhere stop the
+    server through ``ready``'s ``server.stop()``.
+    """
+    check_service_name(name)
+    if servicer is None:
+        servicer = build_servicer(name, **resources)
+    server, bound = create_server(
+        f"{host}:{port}",
+        servicer,
+        metrics_port=metrics_port,
+        max_message_bytes=max_message_bytes,
+        max_workers=max_workers,
+    )
+    stop_requested = threading.Event()
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop_requested.set())
+    try:
+        server.start()
+        logger.info(
+            "serving %s on %s:%d (metrics: %s)",
+            servicer.service_name,
+            host,
+            bound,
+            server.metrics_port if server.metrics_port is not None else "off",
+        )
+        if ready is not None:
+            ready(server, bound)
+        if previous:
+            while not stop_requested.wait(0.5):
+                if server.wait_for_termination(0):
+                    break
+        else:
+            server.wait_for_termination()
+    finally:
+        logger.info("stopping %s (grace %.1f s)", servicer.service_name, grace_s)
+        server.stop(grace_s).wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
