@@ -7,7 +7,7 @@ DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast bench clean protos
+.PHONY: install demo test test-fast bench clean protos argo
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python -m htvs.grpc.codegen
 
+## Render the Argo WorkflowTemplate (argo/campaign.yaml and the chart's copy) from argo/campaign.py.
+argo: $(STAMP)
+	$(BIN)/python argo/campaign.py
+
 ## The whole test suite.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -45,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_grpc_load.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .venv-helm $(DEMO_OUT) .pytest_cache build src/*.egg-info

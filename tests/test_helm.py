@@ -1,0 +1,410 @@
+"""The Helm chart (helm/htvs): lint and render with a real Helm engine, values schema, no secrets in values.
+
+Helm runs through ``helm-sdkpy`` (Helm v4 as a shared library), which needs Python >= 3.12, so it lives
+in its own venv, ``.venv-helm/`` at the repository root, created on first use (about 15 s with the
+wheel cached; set ``HTVS_HELM_PYTHON`` to a ready interpreter to skip that).
+
+helm-sdkpy has ``Lint`` but no ``template`` action and no values argument to ``Lint``. So each case
+(the defaults, and each ``ci/*-values.yaml``) is a temporary copy of the chart whose ``values.yaml`` is
+the defaults merged with the case's file the way Helm merges ``-f`` files. To see the rendered objects,
+a second copy gets a probe template that ``include``s every template file and hands the result to
+``fail``: in lint mode Helm logs a ``fail`` message instead of aborting, so the rendered manifests
+come back base64-encoded on stderr. Lint messages carry no text through helm-sdkpy (their ``Err`` is
+empty), so failures report the case, path and severity.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "htvs"
+HELM_VENV = ROOT / ".venv-helm"
+HELM_SDKPY = "helm-sdkpy==0.1.32"
+RELEASE = "test-release"  # the release name Helm's lint renders with
+FULLNAME = f"{RELEASE}-htvs"
+SEVERITY = {0: "unknown", 1: "info", 2: "warning", 3: "error"}
+CASES = ["default", *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))]
+
+LINT_SCRIPT = r'''
+"""Lint chart copies with helm-sdkpy; print one JSON object {chart_dir: result} on stdout."""
+import asyncio, json, sys
+import helm_sdkpy
+
+async def main(paths):
+    lint = helm_sdkpy.Lint(helm_sdkpy.Configuration())
+    out = {}
+    for path in paths:
+        try:
+            out[path] = await lint.run(path)
+        except helm_sdkpy.HelmError as error:
+            out[path] = {"exception": f"{type(error).__name__}: {error}"}
+    return out
+
+print(json.dumps(asyncio.run(main(sys.argv[1:]))))
+'''
+
+
+# ------------------------------------------------------------------------------------------- helm venv
+def _python312_candidates() -> Iterator[str]:
+    if os.environ.get("HTVS_PYTHON312"):
+        yield os.environ["HTVS_PYTHON312"]
+    yield "python3.12"
+    yield from sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"))
+    yield "python3.13"
+
+
+def _runs(python: str) -> bool:
+    try:
+        result = subprocess.run([python, "-c", "import sys; assert sys.version_info >= (3, 12)"],
+                                capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def helm_python() -> str:
+    """An interpreter that can ``import helm_sdkpy``: .venv-helm/, created on demand."""
+    if os.environ.get("HTVS_HELM_PYTHON"):
+        return os.environ["HTVS_HELM_PYTHON"]
+    python = HELM_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import helm_sdkpy"], capture_output=True).returncode == 0:
+        return str(python)
+    base = next((c for c in _python312_candidates() if _runs(c)), None)
+    if base is None:
+        pytest.skip("helm-sdkpy needs Python >= 3.12 and none was found (set HTVS_PYTHON312)")
+    steps = [[base, "-m", "venv", "--clear", str(HELM_VENV)],
+             [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", HELM_SDKPY]]
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.skip(f"could not set up {HELM_VENV.name} ({' '.join(step[:3])}): {result.stderr[-800:]}")
+    return str(python)
+
+
+# ------------------------------------------------------------------------------------------ the cases
+def merge_values(base: Any, overlay: Any) -> Any:
+    """Helm's merge of a values file over the chart defaults: maps merge, lists replace, null deletes."""
+    if not isinstance(base, dict) or not isinstance(overlay, dict):
+        return copy.deepcopy(overlay)
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_values(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def case_values(case: str) -> dict:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    if case == "default":
+        return defaults
+    return merge_values(defaults, yaml.safe_load((CHART / "ci" / f"{case}-values.yaml").read_text()) or {})
+
+
+def chart_copy(destination: Path, values: dict, probe_label: str | None = None) -> Path:
+    """A copy of the chart with ``values`` as its values.yaml (and optionally the render probe)."""
+    shutil.copytree(CHART, destination)
+    (destination / "values.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    if probe_label is not None:
+        files = sorted(p.name for p in (CHART / "templates").glob("*.yaml"))
+        lines = ["{{- $out := dict }}"]
+        include = '{{{{- $_ := set $out "{0}" (include (print .Template.BasePath "/{0}") .) }}}}'
+        lines += [include.format(name) for name in files]
+        lines.append(f'{{{{- fail (printf "HTVS_RENDER {probe_label} %s" ($out | toJson | b64enc)) }}}}')
+        (destination / "templates" / "zz-render-probe.yaml").write_text("\n".join(lines) + "\n")
+    return destination
+
+
+@functools.cache
+def _helm_run(helm_python: str, workdir: str) -> tuple[dict, dict[str, list[dict]]]:
+    """Lint every case (plain copies) and render every case (probe copies) in one helm-sdkpy process."""
+    base = Path(workdir)
+    lint_dirs = {case: chart_copy(base / f"lint-{case}", case_values(case)) for case in CASES}
+    bad = merge_values(case_values("default"), {"grpc": {"port": "not-a-port"}})
+    lint_dirs["invalid-values"] = chart_copy(base / "lint-invalid-values", bad)
+    probe_dirs = [chart_copy(base / f"render-{case}", case_values(case), probe_label=case) for case in CASES]
+    script = base / "helm_lint.py"
+    script.write_text(LINT_SCRIPT)
+    result = subprocess.run(
+        [helm_python, str(script), *map(str, lint_dirs.values()), *map(str, probe_dirs)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"helm-sdkpy lint script failed:\n{result.stderr[-3000:]}"
+    by_dir = json.loads(result.stdout)
+    lint = {case: by_dir[str(path)] for case, path in lint_dirs.items()}
+    rendered: dict[str, list[dict]] = {}
+    for label, payload in re.findall(r"HTVS_RENDER (\S+) ([A-Za-z0-9+/=]+)", result.stderr):
+        files = json.loads(base64.b64decode(payload))
+        rendered[label] = [
+            doc for name in sorted(files) for doc in yaml.safe_load_all(files[name]) if isinstance(doc, dict)
+        ]
+    return lint, rendered
+
+
+@pytest.fixture(scope="session")
+def helm_results(helm_python: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[str, list[dict]]]:
+    return _helm_run(helm_python, str(tmp_path_factory.mktemp("helm")))
+
+
+@pytest.fixture(scope="session")
+def rendered(helm_results: tuple[dict, dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    objects = helm_results[1]
+    if not objects:
+        pytest.skip(
+            "helm-sdkpy has no template action and this Helm does not log lint-mode fail() messages, "
+            "so rendered manifests are unavailable (lint still ran)"
+        )
+    missing = sorted(set(CASES) - set(objects))
+    assert not missing, f"cases that did not render (a template error? see test_chart_lints_clean): {missing}"
+    return objects
+
+
+def kinds(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def pod_specs(objects: list[dict]) -> Iterator[tuple[str, dict]]:
+    for obj in objects:
+        if obj["kind"] in {"Deployment", "StatefulSet", "Job", "DaemonSet"}:
+            yield f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]["spec"]
+
+
+# ------------------------------------------------------------------------------------------ lint
+@pytest.mark.parametrize("case", CASES)
+def test_chart_lints_clean(helm_results: tuple[dict, dict], case: str) -> None:
+    result = helm_results[0][case]
+    assert "exception" not in result, result
+    problems = [
+        f"{case}: {message['Path']} severity {SEVERITY.get(message['Severity'], message['Severity'])}"
+        for message in result.get("Messages") or []
+        if message["Severity"] >= 2
+    ]
+    assert problems == [], problems
+    assert not result.get("Errors"), f"{case}: {result['Errors']}"
+
+
+def test_lint_catches_values_that_break_the_schema(helm_results: tuple[dict, dict]) -> None:
+    """Guard against a lint that passes everything: a string port must be an error."""
+    result = helm_results[0]["invalid-values"]
+    severities = [m["Severity"] for m in result.get("Messages") or []]
+    assert "exception" in result or 3 in severities, result
+
+
+# ------------------------------------------------------------------------------------------ render
+@pytest.mark.parametrize("case", CASES)
+def test_pods_are_locked_down(rendered: dict[str, list[dict]], case: str) -> None:
+    specs = list(pod_specs(rendered[case]))
+    assert specs, f"{case}: no pods rendered"
+    for name, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] != 0, name
+        tmp_volumes = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, f"{name}/{container['name']}"
+            assert context["allowPrivilegeEscalation"] is False, f"{name}/{container['name']}"
+            assert context["capabilities"]["drop"] == ["ALL"], f"{name}/{container['name']}"
+            tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert tmp and tmp[0]["name"] in tmp_volumes, f"{name}/{container['name']}: no /tmp emptyDir"
+            for env in container.get("env", []):
+                if re.search(r"KEY|PASSWORD|SECRET|TOKEN", env["name"]):
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], f"{name}: {env['name']}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_services_have_grpc_probes_and_ports(rendered: dict[str, list[dict]], case: str) -> None:
+    deployments = kinds(rendered[case], "Deployment")
+    services = kinds(rendered[case], "Service")
+    assert deployments, case
+    for name, deployment in deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["args"][:2] == ["serve", name.removeprefix(f"{FULLNAME}-")]
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert container[probe]["grpc"] == {"port": 50051}, f"{name} {probe}"
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 50051, "metrics": 9090}
+        assert container["resources"]["requests"], name
+        assert {p["name"] for p in services[name]["spec"]["ports"]} == {"grpc", "metrics"}
+
+
+def test_default_install(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["default"]
+    components = {n.removeprefix(f"{FULLNAME}-") for n in kinds(objects, "Deployment")}
+    assert components == {"substitution", "composition"}  # structure/conductivity/dft off by default
+    assert set(kinds(objects, "HorizontalPodAutoscaler")) == {f"{FULLNAME}-{c}" for c in components}
+    assert set(kinds(objects, "PodDisruptionBudget")) == {f"{FULLNAME}-{c}" for c in components}
+    for deployment in kinds(objects, "Deployment").values():
+        assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+        assert "ghcr.io/htvs/htvs:" in deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert kinds(objects, "ServiceMonitor") == {}
+    (minio,) = kinds(objects, "StatefulSet").values()
+    assert minio["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert f"{FULLNAME}-minio" in kinds(objects, "Service")
+    secret = kinds(objects, "Secret")[f"{FULLNAME}-s3"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert {k: len(base64.b64decode(v)) for k, v in secret["data"].items()} == {"accessKey": 20, "secretKey": 40}
+
+
+def test_gpu_values_schedule_gpu_services(rendered: dict[str, list[dict]]) -> None:
+    deployments = kinds(rendered["gpu"], "Deployment")
+    for component in ("composition", "conductivity"):
+        spec = deployments[f"{FULLNAME}-{component}"]["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1, component
+        assert "ghcr.io/htvs/htvs-gpu:" in container["image"], component
+        assert spec["nodeSelector"]["nvidia.com/gpu.present"] == "true", component
+        assert spec["nodeSelector"]["node.kubernetes.io/instance-type"] == "gpu-h100", component
+        assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"]), component
+    cpu = deployments[f"{FULLNAME}-substitution"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(cpu)
+    # the default install asks for no GPU anywhere but the workflow's predict step
+    for name, spec in pod_specs(rendered["default"]):
+        assert "nvidia.com/gpu" not in json.dumps(spec), name
+
+
+def test_external_minio_values(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["external-minio"]
+    assert kinds(objects, "StatefulSet") == {} and kinds(objects, "Secret") == {}
+    for name, spec in pod_specs(objects):
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert env["HTVS_S3_ENDPOINT"]["value"] == "minio.storage.svc.cluster.local:443", name
+        assert env["HTVS_S3_SECURE"]["value"] == "true", name
+        assert env["HTVS_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "htvs-external-s3", name
+    (template,) = kinds(objects, "WorkflowTemplate").values()
+    parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
+    assert parameters["s3-secret"] == "htvs-external-s3" and parameters["s3-secure"] == "true"
+    repository = yaml.safe_load(kinds(objects, "ConfigMap")["htvs-artifact-repositories"]["data"]["minio"])
+    assert repository["s3"]["endpoint"] == "minio.storage.svc.cluster.local:443"
+    assert repository["s3"]["accessKeySecret"]["name"] == "htvs-external-s3"
+
+
+def test_servicemonitor_values(rendered: dict[str, list[dict]]) -> None:
+    (monitor,) = kinds(rendered["servicemonitor"], "ServiceMonitor").values()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+
+
+def test_minimal_values(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["minimal"]
+    (deployment,) = kinds(objects, "Deployment").values()
+    assert deployment["metadata"]["name"] == f"{FULLNAME}-substitution"
+    assert deployment["spec"]["replicas"] == 1
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "WorkflowTemplate", "ServiceAccount"):
+        assert kinds(objects, kind) == {}, kind
+    (minio,) = kinds(objects, "StatefulSet").values()
+    assert "volumeClaimTemplates" not in minio["spec"]
+    assert {"name": "data", "emptyDir": {}} in minio["spec"]["template"]["spec"]["volumes"]
+
+
+def test_workflow_template_is_the_rendered_argo_file(rendered: dict[str, list[dict]]) -> None:
+    """The chart's WorkflowTemplate is argo/campaign.yaml with parameter defaults from values."""
+    (template,) = kinds(rendered["default"], "WorkflowTemplate").values()
+    golden = yaml.safe_load((ROOT / "argo" / "campaign.yaml").read_text())
+    assert template["metadata"]["name"] == golden["metadata"]["name"] == "htvs-campaign"
+    assert template["spec"]["templates"] == golden["spec"]["templates"]
+    assert template["spec"]["volumes"] == golden["spec"]["volumes"]
+    parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
+    assert parameters["store"] == "s3://htvs/campaigns"
+    assert parameters["s3-endpoint"] == f"{FULLNAME}-minio:9000"
+    assert parameters["s3-secret"] == f"{FULLNAME}-s3"
+    assert parameters["image"] == "ghcr.io/htvs/htvs:0.1.0"
+    assert json.loads(parameters["gpu-node-selector"]) == {"nvidia.com/gpu.present": "true"}
+    assert json.loads(parameters["gpu-tolerations"])[0]["key"] == "nvidia.com/gpu"
+    assert template["spec"]["serviceAccountName"] == f"{FULLNAME}-workflow"
+    assert template["spec"]["artifactRepositoryRef"]["configMap"] in kinds(rendered["default"], "ConfigMap")
+    # and it is still a valid Argo document
+    jsonschema = pytest.importorskip("jsonschema")
+    with gzip.open(ROOT / "tests" / "data" / "argo" / "argo-workflows-schema.json.gz", "rt") as handle:
+        schema = json.load(handle)
+    schema["definitions"]["io.k8s.apimachinery.pkg.util.intstr.IntOrString"] = {"type": ["string", "integer"]}
+    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(template)]
+    assert errors == []
+
+
+# ------------------------------------------------------------------------------------------ values
+@pytest.mark.parametrize("case", CASES)
+def test_values_validate_against_schema(case: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in jsonschema.Draft7Validator(schema).iter_errors(case_values(case))]
+    assert errors == [], errors
+
+
+def test_schema_rejects_typos_and_bad_types() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft7Validator(json.loads((CHART / "values.schema.json").read_text()))
+    for overlay in ({"services": {"substitution": {"replicas": 2}}}, {"grpc": {"port": "50051"}},
+                    {"s3": {"accessKey": "x"}}):
+        assert list(validator.iter_errors(merge_values(case_values("default"), overlay))), overlay
+
+
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{path}[{index}]")
+    else:
+        yield path, node
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_no_secret_values(case: str) -> None:
+    """Credentials come from a Secret only: no password/key/token-like value in values files."""
+    secretish = re.compile(r"password|passwd|secretkey|accesskey|token|credential", re.IGNORECASE)
+    leaks = [path for path, value in _walk(case_values(case)) if secretish.search(path) and value not in ("", None)]
+    assert leaks == [], leaks
+
+
+def test_every_value_has_a_comment() -> None:
+    """prometheus-community style: each key in values.yaml is documented on the line(s) above it,
+    or sits inside a documented block (a commented key whose value is a plain structure)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    documented_block_indent: int | None = None
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):(\s.*)?$", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        if documented_block_indent is not None and indent > documented_block_indent:
+            continue
+        documented_block_indent = None
+        previous = next((lines[i].strip() for i in range(number - 1, -1, -1) if lines[i].strip()), "")
+        value = (match.group(3) or "").strip()
+        if previous.startswith("#"):
+            if not value:
+                documented_block_indent = indent  # a documented structure: its children need no comment
+            continue
+        if not value:
+            continue  # a grouping key (e.g. `services:`); its children carry the comments
+        undocumented.append(f"line {number + 1}: {line.strip()}")
+    assert undocumented == [], undocumented
+
+
+def test_merge_values_follows_helm() -> None:
+    """The ci-file merge mirrors Helm's: maps merge, lists replace, null deletes."""
+    merged = merge_values({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "d": None})
+    assert merged == {"a": {"b": 1, "c": [3]}}
