@@ -314,6 +314,18 @@ def train_composition(
         Console().print_json(json.dumps(metrics.get("test", metrics)))
 
 
+@train_app.command("evaluate")
+def train_evaluate(
+    run: Path = typer.Argument(..., help="Training run directory."),
+) -> None:
+    """Score the members finished so far on the run's test split; writes RUN/metrics.json."""
+    from htvs.composition.train import evaluate_run
+
+    with _clear_errors():
+        metrics = evaluate_run(run)
+    _emit_json(metrics)
+
+
 @train_app.command("export")
 def train_export(
     run: Path = typer.Argument(..., help="Training run directory (from `htvs train composition`)."),

@@ -281,16 +281,42 @@ def train_ensemble(
     )
     train, val, test = (Featurized.from_frame(t) for t in (split.train, split.val, split.test))
     log(f"{config.target}: {len(train)} train / {len(val)} val / {len(test)} test formulas")
-    members = [train_one(run_dir, k, config, train, val, log) for k in range(config.n_models)]
+    for k in range(config.n_models):
+        train_one(run_dir, k, config, train, val, log)
+    return evaluate_run(run_dir, split)
+
+
+def finished_members(run_dir: Path) -> list[dict]:
+    """done.json of every finished member, by member index."""
+    done = [json.loads(p.read_text()) for p in Path(run_dir).glob("model_*/done.json")]
+    return sorted(done, key=lambda d: d["model"])
+
+
+def evaluate_run(run_dir: Path, split: DataSplit | None = None) -> dict:
+    """Score the finished members of a run (all of them, or those done so far) on its test split.
+
+    Writes RUN/metrics.json; ``members_trained`` < ``members_planned`` marks a partial ensemble.
+    """
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(json.loads((run_dir / "train_config.json").read_text()))
+    split = split or load_split(
+        config.target, seed=config.split_seed, cv_fold=config.cv_fold, cv_folds=config.cv_folds
+    )
+    members = finished_members(run_dir)
+    if not members:
+        raise InvalidInput(f"{run_dir} has no finished ensemble member yet")
     metrics: dict[str, object] = {
         "target": config.target,
         "units": UNITS.get(config.target, ""),
         "split": split.sizes(),
+        "members_trained": len(members),
+        "members_planned": config.n_models,
         "members": [{k: m[k] for k in ("model", "seed", "epochs", "best_val_mae")} for m in members],
     }
+    test = Featurized.from_frame(split.test)
     if len(test):
         preds = np.stack(
-            [predict_rows(load_member(run_dir, k, config.roost), test) for k in range(config.n_models)]
+            [predict_rows(load_member(run_dir, m["model"], config.roost), test) for m in members]
         )
         metrics["test"] = ensemble_metrics(preds, test.targets)
     tmp = run_dir / ".metrics.json.tmp"
