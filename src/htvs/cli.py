@@ -531,6 +531,12 @@ def campaign_run(
     config_path: Path = typer.Argument(..., help="Campaign YAML (see configs/demo.yaml)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: tables, funnel.json, candidates.csv."),
     store_url: str | None = typer.Option(None, "--store", help=_STORE_HELP),
+    services: str | None = typer.Option(
+        None,
+        "--services",
+        help="Call gRPC services instead of in-process functions: 'host:port,...' (matched by "
+        "health check) or 'substitution=host:port,composition=host:port'.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),
 ) -> None:
     """Run a whole campaign on this machine (the embedded default); a rerun resumes from the store."""
@@ -539,9 +545,14 @@ def campaign_run(
 
     with _clear_errors():
         config = load_campaign(config_path)
+        backend = None
+        if services:
+            from htvs.campaign.remote import GrpcBackend, parse_services
+
+            backend = GrpcBackend(parse_services(services))
         store = open_store(store_url or (out / "store"), create_bucket=True)
         with _stage_progress(not as_json) as progress:
-            funnel = run_campaign(config, store, out, progress=progress)
+            funnel = run_campaign(config, store, out, backend=backend, progress=progress)
     if as_json:
         _emit_json(funnel)
         return
