@@ -7,6 +7,7 @@ inputs, which are cache hits when the upstream steps already ran.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,22 @@ OUTPUT_FILES = (
 )
 
 Progress = Callable[[str, int, int], None]
+#: The funnel's steps, in order (funnel.json is written in this order).
+FUNNEL_ORDER = (
+    "prototypes",
+    "substitutions",
+    "unique_formulas",
+    "predicted",
+    "e_form_and_hull",
+    "band_gap",
+    "oxidation_window",
+)
+
+
+def ordered_funnel(funnel: dict) -> dict:
+    """``funnel`` with the known steps first, in funnel order."""
+    known = {k: funnel[k] for k in FUNNEL_ORDER if k in funnel}
+    return {**known, **{k: v for k, v in funnel.items() if k not in known}}
 
 
 def _quiet(step: str, done: int, total: int) -> None:
@@ -151,7 +168,6 @@ def run_campaign(
         for name in ("substitutions.parquet", "formulas.parquet", "prototypes.parquet")
     }
     copies["screen.parquet"] = _output(manifests.screened, "screen.parquet")
-    copies["funnel.json"] = f"{report_prefix(config)}/funnel.json"
     copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
     for name, key in copies.items():
         _write_atomic(out_dir / name, store.get_bytes(key))
@@ -161,7 +177,9 @@ def run_campaign(
     buffer = io.BytesIO()
     pq.write_table(predictions, buffer, compression="zstd")
     _write_atomic(out_dir / "predictions.parquet", buffer.getvalue())
-    return store.get_json(f"{report_prefix(config)}/funnel.json")
+    funnel = ordered_funnel(store.get_json(f"{report_prefix(config)}/funnel.json"))
+    _write_atomic(out_dir / "funnel.json", (json.dumps(funnel, indent=1) + "\n").encode())
+    return funnel
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
