@@ -3,7 +3,7 @@
 The DAG runs one container per campaign step, every step reading and writing the same object store
 (``s3://bucket/prefix``)::
 
-    prototypes -> substitute -> shards -> predict (one pod per shard, withParam) -> screen -> report
+    prototypes -> substitute -> shards -> predict (one pod per shard, withParam) -> screen -> structures -> report
 
 * The campaign YAML comes from a ConfigMap (parameter ``config-map``, key ``campaign.yaml``) mounted
   read-only at ``/config/campaign.yaml``.
@@ -162,7 +162,7 @@ def build_template() -> WorkflowTemplate:
         labels={"app.kubernetes.io/name": "htvs", "app.kubernetes.io/component": "campaign"},
         annotations={
             "workflows.argoproj.io/description": (
-                "htvs screening campaign: prototypes -> substitute -> predict (sharded, GPU) -> screen -> report"
+                "htvs screening campaign: prototypes -> substitute -> predict (sharded, GPU) -> screen -> structures -> report"
             )
         },
         entrypoint="campaign",
@@ -209,6 +209,11 @@ def build_template() -> WorkflowTemplate:
             ["campaign", "stage", "screen", *_common_args()],
             resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
         )
+        structures = _stage(
+            "structures",
+            ["campaign", "stage", "structures", *_common_args()],
+            resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
+        )
         report = _stage("report", ["campaign", "stage", "report", *_common_args()])
 
         with DAG(name="campaign"):
@@ -221,8 +226,9 @@ def build_template() -> WorkflowTemplate:
                 arguments=[Parameter(name="shard", value="{{item}}")],
             )
             t_screen = screen(name="screen")
+            t_structures = structures(name="structures")
             t_report = report(name="report")
-            t_prototypes >> t_substitute >> t_shards >> t_predict >> t_screen >> t_report
+            t_prototypes >> t_substitute >> t_shards >> t_predict >> t_screen >> t_structures >> t_report
     return template
 
 

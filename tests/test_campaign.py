@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from htvs.campaign import load_campaign, run_campaign, run_step
+from htvs.campaign.runner import FUNNEL_ORDER
 from htvs.campaign.stages import InProcessBackend
 from htvs.cli import EXIT_BAD_INPUT, app
 from htvs.errors import InvalidInput
@@ -25,7 +26,7 @@ from tiny_models import tiny_model_pair
 FOLDER = Path(__file__).parent / "data" / "prototypes" / "folder"
 OUTPUTS = (
     "substitutions.parquet", "formulas.parquet", "prototypes.parquet", "predictions.parquet",
-    "screen.parquet", "funnel.json", "candidates.csv",
+    "screen.parquet", "structures.parquet", "funnel.json", "candidates.csv",
 )  # fmt: skip
 
 
@@ -68,6 +69,16 @@ def test_campaign_outputs_and_funnel(tmp_path: Path, models) -> None:
     assert (candidates["phi_ox"] >= 0).all()
     predictions = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
     assert len(predictions) == funnel["unique_formulas"]
+    # stage 4: every substitution of a surviving formula is materialized, then deduplicated
+    formulas = pd.read_parquet(tmp_path / "out" / "formulas.parquet").set_index("formula")
+    assert funnel["structures"] == formulas.loc[candidates["formula"], "multiplicity"].sum()
+    assert 0 < funnel["unique_structures"] <= funnel["structures"]
+    structures = pd.read_parquet(tmp_path / "out" / "structures.parquet")
+    representatives = structures[structures["duplicate_of"].isna()]
+    assert len(representatives) == funnel["unique_structures"]
+    assert representatives["cif"].str.contains("_cell_length_a").all()
+    assert set(structures["duplicate_of"].dropna()) <= set(representatives["id"])
+    assert list(funnel) == [k for k in FUNNEL_ORDER if k in funnel]
 
 
 def test_rerun_is_all_cache_hits(tmp_path: Path, models) -> None:
@@ -175,6 +186,8 @@ def test_single_steps_for_argo(tmp_path: Path, models) -> None:
         ({"substitution__rule": "random"}, "'random'"),
         ({"substitution__element_pool": ["Li", "S", "Qq"]}, "'Qq'"),
         ({"name": "My Campaign"}, "lowercase slug"),
+        ({"structures__rescale_volume": "guess"}, "'guess'"),
+        ({"structures__stol": 0}, "structures.stol"),
     ],
 )
 def test_bad_configs_are_refused_before_work(tmp_path: Path, models, overrides: dict, message: str) -> None:

@@ -54,6 +54,16 @@ class ScreeningSection(_Section):
     min_phi_ox_v: float = 4.0
 
 
+class StructuresSection(_Section):
+    """Stage 4: materialize survivors' structures and deduplicate them (StructureMatcher)."""
+
+    rescale_volume: str = "ionic_radii"  # or "none" (the paper's fixed lattice)
+    ltol: float = Field(0.2, gt=0)
+    stol: float = Field(0.3, gt=0)
+    angle_tol: float = Field(5.0, gt=0)
+    max_structures: int = Field(200_000, ge=0)
+
+
 class CampaignConfig(_Section):
     """One screening campaign."""
 
@@ -62,6 +72,7 @@ class CampaignConfig(_Section):
     substitution: SubstitutionSection = SubstitutionSection()
     composition: CompositionSection = CompositionSection()
     screening: ScreeningSection = ScreeningSection()
+    structures: StructuresSection = StructuresSection()
 
     @field_validator("name")
     @classmethod
@@ -88,6 +99,10 @@ def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> C
 
     substitution_config(config)
     CompositionScreenConfig(**config.screening.model_dump())
+    if config.structures.rescale_volume not in ("ionic_radii", "none"):
+        raise InvalidInput(
+            f"structures.rescale_volume must be 'ionic_radii' or 'none', got {config.structures.rescale_volume!r}"
+        )
     base = base_dir or Path.cwd()
     for key in ("e_form_models", "band_gap_models"):
         folder = getattr(config.composition, key)

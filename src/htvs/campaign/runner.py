@@ -23,12 +23,13 @@ from htvs.campaign.stages import (
     run_predict_shard,
     run_prototypes,
     run_screen,
+    run_structures,
     run_substitute,
 )
 from htvs.errors import InvalidInput
 from htvs.store import ArtifactStore, StageManifest
 
-STEPS = ("prototypes", "substitute", "predict", "screen", "report")
+STEPS = ("prototypes", "substitute", "predict", "screen", "structures", "report")
 #: Files the runner leaves in the output directory.
 OUTPUT_FILES = (
     "substitutions.parquet",
@@ -36,6 +37,7 @@ OUTPUT_FILES = (
     "prototypes.parquet",
     "predictions.parquet",
     "screen.parquet",
+    "structures.parquet",
     "funnel.json",
     "candidates.csv",
 )
@@ -50,6 +52,8 @@ FUNNEL_ORDER = (
     "e_form_and_hull",
     "band_gap",
     "oxidation_window",
+    "structures",
+    "unique_structures",
 )
 
 
@@ -75,6 +79,7 @@ class CampaignManifests:
     substituted: StageManifest
     predicted: tuple[StageManifest, ...]
     screened: StageManifest
+    structures: StageManifest | None = None
 
 
 def run_step(
@@ -118,6 +123,12 @@ def run_step(
     manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened)
     if step == "screen":
         return manifests
+    progress("structures", 0, 1)
+    structures = run_structures(store, config, prototypes, substituted, screened)
+    progress("structures", 1, 1)
+    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures)
+    if step == "structures":
+        return manifests
     write_report(store, config, manifests)
     return manifests
 
@@ -132,6 +143,9 @@ def write_report(store: ArtifactStore, config: CampaignConfig, manifests: Campai
         "unique_formulas": substituted.row_counts["unique_formulas"],
         **{k: v for k, v in screen_funnel.items() if k != "formulas"},
     }
+    if manifests.structures is not None:
+        funnel["structures"] = manifests.structures.row_counts["structures"]
+        funnel["unique_structures"] = manifests.structures.row_counts["unique_structures"]
     table = store.get_table(_output(screened, "screen.parquet")).to_pandas()
     candidates = table[table["passed"]].drop(
         columns=[c for c in table.columns if c.startswith("passed") or c in ("error", "screen_error")]
@@ -168,6 +182,8 @@ def run_campaign(
         for name in ("substitutions.parquet", "formulas.parquet", "prototypes.parquet")
     }
     copies["screen.parquet"] = _output(manifests.screened, "screen.parquet")
+    if manifests.structures is not None:
+        copies["structures.parquet"] = _output(manifests.structures, "structures.parquet")
     copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
     for name, key in copies.items():
         _write_atomic(out_dir / name, store.get_bytes(key))

@@ -213,3 +213,80 @@ def _output(manifest: StageManifest, name: str) -> str:
         if key.rsplit("/", 1)[-1] == name:
             return key
     raise StageFailed(f"stage {manifest.stage!r} has no output named {name!r} ({manifest.output_keys})")
+
+
+def read_prototypes(store: ArtifactStore, key: str) -> dict:
+    """The stored prototypes as ``Prototype`` records, by id."""
+    from pymatgen.core import Structure
+
+    from htvs.prototypes import Prototype
+
+    text = gzip.decompress(store.get_bytes(key)).decode()
+    out = {}
+    for line in text.splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["id"]] = Prototype.from_structure(row["id"], row["source"], Structure.from_dict(row["structure"]))
+    return out
+
+
+def run_structures(
+    store: ArtifactStore,
+    config: CampaignConfig,
+    prototypes: StageManifest,
+    substituted: StageManifest,
+    screened: StageManifest,
+) -> StageManifest:
+    """Stage 4: materialize every substitution of a surviving formula, then deduplicate.
+
+    Writes ``structures.parquet``: one row per materialized structure (``id``, ``formula``,
+    ``prototype_id``, ``duplicate_of`` — null for the representatives — and ``cif`` for the
+    representatives), plus per-row errors in ``errors.json``.
+    """
+    from htvs.errors import InvalidInput
+    from htvs.structures import DedupeConfig, MaterializeConfig, deduplicate, materialize, select_for_survivors, split_results
+
+    section = config.structures
+    keys = [
+        _output(prototypes, PROTOTYPES_FILE),
+        _output(substituted, "substitutions.parquet"),
+        _output(screened, "screen.parquet"),
+    ]
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        screen = store.get_table(keys[2]).to_pandas()
+        survivors = screen.loc[screen["passed"], "formula"].tolist()
+        rows = select_for_survivors(store.get_table(keys[1]).to_pandas(), survivors)
+        if len(rows) > section.max_structures:
+            raise InvalidInput(
+                f"structures.max_structures is {section.max_structures} but {len(rows)} substitutions "
+                "survived screening; raise the limit or tighten the thresholds"
+            )
+        built, failed = split_results(
+            materialize(read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume))
+        )
+        materialized_s = time.perf_counter() - start
+        result = deduplicate(
+            built, DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol)
+        )
+        representatives = {item.id: item for item in result.unique}
+        table = pa.table(
+            {
+                "id": [s.id for s in built],
+                "formula": [s.formula for s in built],
+                "prototype_id": [s.prototype_id for s in built],
+                "duplicate_of": [result.duplicate_of.get(s.id) for s in built],
+                "cif": [representatives[s.id].to_cif() if s.id in representatives else None for s in built],
+            }
+        )
+        table_key, errors_key = f"{prefix}/structures.parquet", f"{prefix}/errors.json"
+        store.put_table(table_key, table)
+        errors = [{"id": e.id, "error": e.error} for e in failed]
+        errors += [{"id": r.id, "error": r.error} for r in result.refused]
+        store.put_json(errors_key, errors)
+        counts = {"structures": len(built), "unique_structures": result.n_out, "errors": len(errors)}
+        timings = {"materialize": materialized_s, "dedupe": time.perf_counter() - start - materialized_s}
+        return [table_key, errors_key], counts, timings
+
+    return run_cached(store, "structures", section, keys, step)
