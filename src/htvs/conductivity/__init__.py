@@ -1,0 +1,1 @@
+"""Li-ion conductivity: crystal graphs, a DenseGNN-style ensemble, baselines and prediction."""

@@ -1,0 +1,255 @@
+"""Stage 6: Li-ion conductivity of structures from the shipped GNN ensemble.
+
+The ensemble ships as PyTorch state dicts (``member_K.pt``, loaded with
+``torch.load(weights_only=True)``) next to ``model_card.json`` (configs, data, split, seeds, test
+metrics, sha256 of every file); it is not exported to ONNX yet.
+
+Bad input never stops a batch: each item comes back as a :class:`ConductivityPrediction` or a
+:class:`ConductivityError` naming the reason (malformed CIF, no Li, too many atoms, NaN coordinates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from htvs.conductivity.graph import GraphConfig, build_graph
+from htvs.conductivity.model import ModelConfig, build_model, collate
+from htvs.errors import InvalidInput, ModelNotReady
+
+CARD_NAME = "model_card.json"
+CARD_FORMAT = "htvs.conductivity-gnn-ensemble/1"
+
+
+@dataclass(frozen=True)
+class ConductivityConfig:
+    """Settings of the conductivity stage.
+
+    Attributes:
+        max_atoms: largest number of sites a cell may have (larger cells are refused).
+        batch_size: structures per forward pass.
+    """
+
+    max_atoms: int = 500
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_atoms < 1 or self.batch_size < 1:
+            raise InvalidInput(f"max_atoms and batch_size must be >= 1, got {self.max_atoms}, {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ConductivityPrediction:
+    """Predicted room-temperature Li-ion conductivity of one structure.
+
+    Attributes:
+        id: the caller's identifier.
+        log10_sigma_mean: ensemble mean of log10 sigma, sigma in S/cm (300 K).
+        log10_sigma_std: ensemble standard deviation of log10 sigma (the uncertainty).
+        p_superionic: ensemble-mean probability that sigma >= 1e-4 S/cm.
+    """
+
+    id: str
+    log10_sigma_mean: float
+    log10_sigma_std: float
+    p_superionic: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "log10_sigma_mean": self.log10_sigma_mean,
+                "log10_sigma_std": self.log10_sigma_std, "p_superionic": self.p_superionic}
+
+
+@dataclass(frozen=True)
+class ConductivityError:
+    """An item that was not predicted, with the reason (``no_lithium`` marks a flagged non-Li input)."""
+
+    id: str
+    error: str
+    no_lithium: bool = False
+
+
+@dataclass
+class ConductivityEnsemble:
+    """Loaded ensemble members plus the configs they were trained with."""
+
+    models: list
+    model_config: ModelConfig
+    graph_config: GraphConfig
+    card: dict = field(default_factory=dict)
+
+
+def default_model_dir() -> Path:
+    """``htvs/models/conductivity`` inside the installed package."""
+    return Path(str(resources.files("htvs") / "models" / "conductivity"))
+
+
+def _sha256(path: Path) -> str:
+    from htvs.composition.onnx_export import sha256_of
+
+    return sha256_of(path)
+
+
+def load_ensemble(directory: str | Path | None = None) -> ConductivityEnsemble:
+    """Load the ensemble described by ``directory/model_card.json`` (default: the shipped one).
+
+    Raises:
+        ModelNotReady: missing card or member file, or a sha256 mismatch.
+    """
+    import torch
+
+    root = Path(directory) if directory is not None else default_model_dir()
+    card_path = root / CARD_NAME
+    if not card_path.is_file():
+        raise ModelNotReady(f"no conductivity model card at {card_path}")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("format") != CARD_FORMAT:
+        raise ModelNotReady(f"{card_path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
+    model_config = ModelConfig.from_dict(card["model_config"])
+    models = []
+    for entry in card["models"]:
+        path = root / entry["file"]
+        if not path.is_file() or _sha256(path) != entry["sha256"]:
+            raise ModelNotReady(f"conductivity member {path} is missing or its sha256 does not match the card")
+        model = build_model(model_config)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+        models.append(model)
+    return ConductivityEnsemble(models, model_config, GraphConfig(**card["graph_config"]), card)
+
+
+def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Copy a finished training run's members into ``out_dir`` and write its model card."""
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else default_model_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((run_dir / "train_config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    models = []
+    for member in metrics["members"]:
+        name = f"member_{member['model']}.pt"
+        shutil.copyfile(run_dir / f"model_{member['model']}" / "best.pt", out / name)
+        models.append({"file": name, "sha256": _sha256(out / name)})
+    card = {
+        "format": CARD_FORMAT,
+        "target": "log10 sigma(300 K) regression and P(sigma >= 1e-4 S/cm) classification",
+        "units": "log10(S/cm)",
+        "loading": "torch.load(weights_only=True) state dicts of htvs.conductivity.model.ConductivityGNN",
+        "model_config": config["model"],
+        "graph_config": config["graph"],
+        "train_config": config,
+        "command": "python -m htvs.conductivity.train RUN_DIR --models 5; then ship_ensemble(RUN_DIR)",
+        **metrics,
+        "models": models,
+    }
+    path = out / CARD_NAME
+    path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def _as_structure(item_id: str, item, config: ConductivityConfig):
+    """A validated pymatgen Structure, or raise InvalidInput naming the problem."""
+    from pymatgen.core import Structure
+
+    if isinstance(item, str):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                item = Structure.from_str(item, fmt="cif")
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad CIF text
+            raise InvalidInput(f"{item_id}: malformed CIF: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(item, Structure):
+        raise InvalidInput(f"{item_id}: expected a pymatgen Structure or CIF text, got {type(item).__name__}")
+    if len(item) == 0:
+        raise InvalidInput(f"{item_id}: structure has no sites")
+    if len(item) > config.max_atoms:
+        raise InvalidInput(f"{item_id}: {len(item)} sites exceeds the limit of {config.max_atoms} atoms per cell")
+    if not np.all(np.isfinite(item.frac_coords)) or not np.all(np.isfinite(item.lattice.matrix)):
+        raise InvalidInput(f"{item_id}: NaN or infinite coordinates or lattice")
+    if item.lattice.volume <= 1e-6 or not math.isfinite(item.lattice.volume):
+        raise InvalidInput(f"{item_id}: degenerate cell (volume {item.lattice.volume:g} Å^3)")
+    return item
+
+
+def predict_conductivity(
+    structures: Sequence[tuple[str, object]],
+    ensemble: ConductivityEnsemble,
+    config: ConductivityConfig | None = None,
+) -> list[ConductivityPrediction | ConductivityError]:
+    """Predict Li-ion conductivity of ``(id, Structure or CIF text)`` items, in input order.
+
+    Args:
+        structures: ``(id, pymatgen Structure)`` pairs; a ``str`` is read as CIF text.
+        ensemble: from :func:`load_ensemble`.
+        config: limits (default :class:`ConductivityConfig`).
+
+    Returns:
+        One record per item: a prediction, or an error with the reason (the batch goes on).
+    """
+    import torch
+
+    config = config or ConductivityConfig()
+    results: list[ConductivityPrediction | ConductivityError | None] = [None] * len(structures)
+    graphs, rows = [], []
+    for i, (item_id, item) in enumerate(structures):
+        item_id = str(item_id)
+        try:
+            structure = _as_structure(item_id, item, config)
+            if "Li" not in {el.symbol for el in structure.composition.elements}:
+                results[i] = ConductivityError(item_id, f"{item_id}: structure {structure.composition.reduced_formula} "
+                                               "contains no Li; not predicted", no_lithium=True)
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = build_graph(structure, ensemble.graph_config)
+        except InvalidInput as exc:
+            results[i] = ConductivityError(item_id, str(exc))
+            continue
+        except Exception as exc:  # noqa: BLE001 - per-item failure, the batch goes on
+            results[i] = ConductivityError(item_id, f"{item_id}: could not build the crystal graph: {exc}")
+            continue
+        graphs.append(graph)
+        rows.append(i)
+    for lo in range(0, len(rows), config.batch_size):
+        chunk = graphs[lo: lo + config.batch_size]
+        batch = collate(chunk, [g.global_features for g in chunk])
+        with torch.no_grad():
+            outs = torch.stack([m(*batch.inputs()) for m in ensemble.models]).numpy().astype(np.float64)
+        reg, prob = outs[:, :, 0], 1 / (1 + np.exp(-outs[:, :, 1]))
+        for j, row in enumerate(rows[lo: lo + config.batch_size]):
+            results[row] = ConductivityPrediction(
+                id=str(structures[row][0]),
+                log10_sigma_mean=float(reg[:, j].mean()),
+                log10_sigma_std=float(reg[:, j].std()),
+                p_superionic=float(prob[:, j].mean()),
+            )
+    return [r for r in results if r is not None]
+
+
+def predict_cif_files(paths: Sequence[str | Path], ensemble: ConductivityEnsemble,
+                      config: ConductivityConfig | None = None) -> list[ConductivityPrediction | ConductivityError]:
+    """Convenience: predict CIF files; ``id`` is the file name without its extension."""
+    items: list[tuple[str, object]] = []
+    for path in map(Path, paths):
+        try:
+            items.append((path.stem, path.read_text(encoding="utf-8", errors="replace")))
+        except OSError as exc:
+            items.append((path.stem, f"unreadable file: {exc}"))
+    return predict_conductivity(items, ensemble, config)
+
+
+def metrics_table(card: Mapping) -> str:
+    """The model-vs-baselines test table of a model card, as Markdown."""
+    lines = ["| model | subset | n | MAE log10 σ | accuracy | ROC-AUC |", "|---|---|---|---|---|---|"]
+    for name, subsets in card["test"].items():
+        for subset, m in subsets.items():
+            lines.append(f"| {name} | {subset} | {m['n']} | {m['mae_log10_sigma']:.3f} | {m['accuracy']:.3f} | "
+                         f"{m['roc_auc']:.3f} |")
+    return "\n".join(lines)

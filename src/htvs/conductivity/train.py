@@ -1,0 +1,316 @@
+"""Training of the conductivity GNN ensemble on OBELiX, scored with both baselines in one run.
+
+Run layout (resumable; everything loaded with ``torch.load(weights_only=True)``)::
+
+    RUN/train_config.json        the ConductivityTrainConfig (a rerun must match it)
+    RUN/graphs.npz               cached crystal graphs of the CIF entries
+    RUN/model_K/checkpoint.pt    last epoch: weights, optimizer, best weights, state
+    RUN/model_K/best.pt          best-validation state dict of member K
+    RUN/model_K/done.json        member metrics; its presence means "skip on resume"
+    RUN/metrics.json             model vs. train-mean vs. random forest on the test split
+
+Censored conductivities (``<1E-10``, ``<1E-8``: upper bounds) are trained on as the bound
+itself; they are all far below 1e-4 S/cm, so their class label is exact.
+Member K holds out its own random validation fraction of the train split (seed ``split_seed + K``)
+for early stopping on validation MAE, so the members see different data (bagging-like).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from htvs.conductivity.baselines import LOG10_THRESHOLD, mean_baseline, random_forest_baseline, score
+from htvs.conductivity.graph import CrystalGraph, GraphConfig, build_graph, table_global_features
+from htvs.conductivity.model import ModelConfig, build_model, collate
+from htvs.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class ConductivityTrainConfig:
+    """Settings of one ensemble training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    n_models: int = 5
+    max_epochs: int = 120
+    patience: int = 20
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    classification_weight: float = 1.0
+    val_fraction: float = 0.15
+    seed: int = 0
+    split_seed: int = 0
+    threads: int = 2
+    rf_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_models", "max_epochs", "batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise InvalidInput(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConductivityTrainConfig:
+        data = dict(data)
+        data["model"] = ModelConfig.from_dict(data["model"])
+        data["graph"] = GraphConfig(**data["graph"])
+        return cls(**data)
+
+
+@dataclass
+class Entries:
+    """OBELiX entries ready for training: graph (or None), global features, targets."""
+
+    ids: list[str]
+    graphs: list[CrystalGraph | None]
+    globals_: list[np.ndarray]
+    log10_sigma: np.ndarray
+    censored: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: Sequence[int]) -> Entries:
+        rows = list(rows)
+        return Entries([self.ids[i] for i in rows], [self.graphs[i] for i in rows],
+                       [self.globals_[i] for i in rows], self.log10_sigma[rows], self.censored[rows])
+
+    def batch(self, rows: Sequence[int]):
+        return collate([self.graphs[i] for i in rows], [self.globals_[i] for i in rows])
+
+    @property
+    def has_structure(self) -> np.ndarray:
+        return np.array([g is not None for g in self.graphs])
+
+
+def build_graph_cache(cifs, config: GraphConfig, path: Path | None = None, log: Callable[[str], None] = print
+                      ) -> dict[str, CrystalGraph]:
+    """Graphs of ``cifs`` (``CifText`` records), cached in ``path`` (npz) when given."""
+    from pymatgen.core import Structure
+
+    if path is not None and path.exists():
+        with np.load(path) as arrays:
+            ids = json.loads(str(arrays["ids"]))
+            return {i: CrystalGraph.from_arrays(arrays, i) for i in ids}
+    graphs: dict[str, CrystalGraph] = {}
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cif in cifs:
+            graphs[cif.id] = build_graph(Structure.from_str(cif.text, fmt="cif"), config)
+    log(f"built {len(graphs)} crystal graphs in {time.perf_counter() - start:.0f} s")
+    if path is not None:
+        arrays: dict[str, np.ndarray] = {"ids": np.array(json.dumps(list(graphs)))}
+        for i, g in graphs.items():
+            arrays.update(g.to_arrays(i))
+        tmp = path.with_name(".graphs.tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+    return graphs
+
+
+def make_entries(frame, graphs: dict[str, CrystalGraph]) -> Entries:
+    """Entries of an OBELiX table; a CIF entry's global features come from its structure."""
+    ids, gs, gl = [], [], []
+    for _, row in frame.iterrows():
+        graph = graphs.get(str(row["ID"]))
+        ids.append(str(row["ID"]))
+        gs.append(graph)
+        gl.append(graph.global_features if graph is not None else table_global_features(row))
+    return Entries(ids, gs, gl, frame["log10_sigma"].to_numpy(dtype=np.float32),
+                   frame["sigma_censored"].to_numpy(dtype=bool))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def predict_entries(model, entries: Entries, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(log10 sigma, superionic logit) of every entry."""
+    import torch
+
+    model.eval()
+    reg, logit = np.empty(len(entries)), np.empty(len(entries))
+    with torch.no_grad():
+        for lo in range(0, len(entries), batch_size):
+            rows = list(range(lo, min(lo + batch_size, len(entries))))
+            out = model(*entries.batch(rows).inputs())
+            reg[rows], logit[rows] = out[:, 0].numpy(), out[:, 1].numpy()
+    return reg, logit
+
+
+def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) of a random split of ``n`` entries."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(fraction * n)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train_member(run_dir: Path, k: int, config: ConductivityTrainConfig, data: Entries,
+                 log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) member ``k``; returns its done.json contents."""
+    import torch
+
+    model_dir = run_dir / f"model_{k}"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    done_path = model_dir / "done.json"
+    if done_path.exists():
+        return json.loads(done_path.read_text())
+    torch.set_num_threads(config.threads)
+    seed = config.seed * 1000 + k
+    train_rows, val_rows = split_rows(len(data), config.val_fraction, config.split_seed + k)
+    train, val = data.subset(train_rows), data.subset(val_rows)
+    model = build_model(config.model, seed=seed)
+    glob = np.stack(train.globals_)
+    model.set_normalization(glob.mean(axis=0), glob.std(axis=0), float(train.log10_sigma.mean()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
+    best = {key: v.clone() for key, v in model.state_dict().items()}
+    checkpoint = model_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best = saved["best"]
+        state = json.loads(saved["state"])
+        log(f"model {k}: resumed after epoch {state['epoch']}")
+    y = torch.from_numpy(train.log10_sigma)
+    label = (y >= LOG10_THRESHOLD).float()
+    while state["epoch"] < config.max_epochs and state["bad_epochs"] < config.patience:
+        epoch = state["epoch"]
+        torch.manual_seed(seed * 100_003 + epoch)  # dropout masks: a function of (seed, epoch)
+        order = np.random.default_rng([config.seed, k, epoch]).permutation(len(train))
+        model.train()
+        total = 0.0
+        for lo in range(0, len(order), config.batch_size):
+            rows = order[lo: lo + config.batch_size].tolist()
+            out = model(*train.batch(rows).inputs())
+            loss = torch.nn.functional.l1_loss(out[:, 0], y[rows]) + config.classification_weight * (
+                torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1], label[rows]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(rows)
+        val_mae = float(np.mean(np.abs(predict_entries(model, val)[0] - val.log10_sigma)))
+        improved = val_mae < state["best_val"]
+        if improved:
+            state["best_val"], state["bad_epochs"] = val_mae, 0
+            best = {key: v.detach().clone() for key, v in model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, "train_loss": total / len(order), "val_mae": val_mae})
+        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
+                      "state": json.dumps(state)}, checkpoint)
+    _save_atomic(best, model_dir / "best.pt")
+    result = {"model": k, "seed": seed, "val_split_seed": config.split_seed + k, "epochs": state["epoch"],
+              "best_val_mae": state["best_val"], "history": state["history"]}
+    log(f"model {k}: {state['epoch']} epochs, best val MAE {state['best_val']:.3f}")
+    tmp = done_path.with_name(".done.json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(done_path)
+    return result
+
+
+def load_member(path: Path, config: ModelConfig):
+    """A member's weights (``best.pt``) in a model, eval mode."""
+    import torch
+
+    model = build_model(config)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    model.eval()
+    return model
+
+
+def ensemble_predict(models, entries: Entries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log10 sigma mean, log10 sigma std, P superionic) over members."""
+    outs = [predict_entries(m, entries) for m in models]
+    reg = np.stack([o[0] for o in outs])
+    prob = np.stack([1 / (1 + np.exp(-o[1])) for o in outs])
+    return reg.mean(axis=0), reg.std(axis=0), prob.mean(axis=0)
+
+
+def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=None, test_frame=None,
+                   cifs=None, log: Callable[[str], None] = print) -> dict:
+    """Train every member (resuming), then score model, train mean and RF on the test split."""
+    from htvs.datasets import load_obelix, load_obelix_cifs
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "train_config.json"
+    if config_path.exists():
+        if ConductivityTrainConfig.from_dict(json.loads(config_path.read_text())) != config:
+            raise InvalidInput(f"{run_dir} was started with a different configuration ({config_path})")
+    else:
+        config_path.write_text(json.dumps(config.to_dict(), indent=1))
+    train_frame = load_obelix("train") if train_frame is None else train_frame
+    test_frame = load_obelix("test") if test_frame is None else test_frame
+    wanted = set(train_frame["ID"]) | set(test_frame["ID"])
+    cifs = [c for c in (load_obelix_cifs() if cifs is None else cifs) if c.id in wanted]
+    graphs = build_graph_cache(cifs, config.graph, run_dir / "graphs.npz", log)
+    train, test = make_entries(train_frame, graphs), make_entries(test_frame, graphs)
+    log(f"{len(train)} train ({int(train.has_structure.sum())} with CIF) / {len(test)} test "
+        f"({int(test.has_structure.sum())} with CIF)")
+    members = [train_member(run_dir, k, config, train, log) for k in range(config.n_models)]
+    models = [load_member(run_dir / f"model_{m['model']}" / "best.pt", config.model) for m in members]
+    mean, std, prob = ensemble_predict(models, test)
+    base_mean = mean_baseline(train.log10_sigma, len(test))
+    rf = random_forest_baseline(train_frame, test_frame, seed=config.rf_seed)
+    truth = test.log10_sigma.astype(float)
+    subsets = {"all": np.ones(len(test), bool), "with_cif": test.has_structure, "without_cif": ~test.has_structure}
+    table = {}
+    for name, pred in {"model": (mean, prob), "train_mean": (base_mean.log10_sigma, base_mean.p_superionic),
+                       "random_forest": (rf.log10_sigma, rf.p_superionic)}.items():
+        table[name] = {s: score(pred[0][m], pred[1][m], truth[m]) for s, m in subsets.items() if m.any()}
+    err = np.abs(mean - truth)
+    metrics = {
+        "data": "OBELiX (Therrien et al. 2026, CC BY 4.0), official train/test split",
+        "censoring": "censored '<x' conductivities are trained on and scored as the bound x",
+        "split": {"train": len(train), "train_with_cif": int(train.has_structure.sum()), "test": len(test),
+                  "test_with_cif": int(test.has_structure.sum()),
+                  "test_censored": int(test.censored.sum())},
+        "members": [{k: m[k] for k in ("model", "seed", "val_split_seed", "epochs", "best_val_mae")}
+                    for m in members],
+        "test": table,
+        "model_uncertainty": {"mean_std": float(std.mean()), "within_1_std": float(np.mean(err <= std)),
+                              "within_2_std": float(np.mean(err <= 2 * std))},
+    }
+    tmp = run_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=1))
+    tmp.replace(run_dir / "metrics.json")
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m htvs.conductivity.train RUN_DIR [--models N] [--epochs E]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--models", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=120)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    config = ConductivityTrainConfig(n_models=args.models, max_epochs=args.epochs, threads=args.threads)
+    print(json.dumps(train_ensemble(args.run_dir, config)["test"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

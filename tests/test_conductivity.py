@@ -1,0 +1,182 @@
+"""Conductivity GNN: graphs, model, training + resume, bad input, the shipped ensemble."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from htvs.conductivity.graph import GraphConfig, build_graph, global_feature_names, site_features
+from htvs.conductivity.model import ModelConfig, build_model, collate
+from htvs.conductivity.predict import (
+    ConductivityConfig,
+    ConductivityEnsemble,
+    ConductivityError,
+    ConductivityPrediction,
+    load_ensemble,
+    predict_conductivity,
+    ship_ensemble,
+)
+from htvs.conductivity.train import ConductivityTrainConfig, train_ensemble, train_member, make_entries
+from htvs.errors import ModelNotReady
+
+TINY = ModelConfig(hidden=8, n_blocks=2, n_gaussians=8, global_hidden=8, head_hidden=8)
+
+
+@pytest.fixture()
+def li2o() -> Structure:
+    """Antifluorite Li2O (a = 4.61 Å), ordered."""
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.61), ["Li", "O"], [[0.25, 0.25, 0.25], [0, 0, 0]])
+
+
+@pytest.fixture()
+def li_half_na_cl() -> Structure:
+    """CsCl-type (Li0.5Na0.3)Cl, a = 5.4 Å: one cation site 80 % occupied, mixed Li/Na."""
+    return Structure(Lattice.cubic(5.4), [{"Li": 0.5, "Na": 0.3}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def small_cifs():
+    """The eight shortest bundled OBELiX CIFs that have an entry in the train table."""
+    from htvs.datasets import load_obelix, load_obelix_cifs
+
+    train_ids = set(load_obelix("train")["ID"])
+    cifs = [c for c in load_obelix_cifs() if c.id in train_ids]
+    return sorted(cifs, key=lambda c: len(c.text))[:8]
+
+
+def test_graph_of_partially_occupied_site(li_half_na_cl):
+    from htvs.conductivity.graph import element_embedding
+
+    feats = site_features(li_half_na_cl)
+    table = element_embedding()
+    np.testing.assert_allclose(feats[0, :-1], 0.5 * table[3] + 0.3 * table[11], rtol=1e-6)
+    assert feats[0, -1] == pytest.approx(0.2)  # vacancy fraction
+    assert feats[1, -1] == pytest.approx(0.0)
+    graph = build_graph(li_half_na_cl, GraphConfig(cutoff=5.0, max_neighbors=12))
+    assert graph.global_features.shape == (len(global_feature_names()),)
+    # 8 neighbours at a*sqrt(3)/2 = 4.677 Å; the next shell (5.4 Å) is beyond the cutoff
+    assert np.all(np.bincount(graph.edge_dst, minlength=2) == 8)
+    assert graph.edge_distance.min() == pytest.approx(5.4 * math.sqrt(3) / 2, abs=1e-4)
+    assert graph.edge_distance.max() <= 5.0
+
+
+def test_graph_ordered_neighbours(li2o):
+    graph = build_graph(li2o, GraphConfig(cutoff=3.0, max_neighbors=12))
+    # Li-O 1.996 Å (4 O per Li), Li-Li 2.305 Å (6): 10 neighbours within 3 Å per Li
+    li = [i for i, s in enumerate(li2o) if s.specie.symbol == "Li"]
+    counts = np.bincount(graph.edge_dst, minlength=len(li2o))
+    assert all(counts[i] == 10 for i in li)
+    assert graph.edge_distance.min() == pytest.approx(4.61 * math.sqrt(3) / 4, abs=1e-3)
+
+
+def test_forward_shapes_and_global_branch(li2o, li_half_na_cl):
+    model = build_model(TINY, seed=1).eval()
+    g1, g2 = build_graph(li2o), build_graph(li_half_na_cl)
+    no_cif_globals = g1.global_features + 0.1
+    batch = collate([g1, None, g2], [g1.global_features, no_cif_globals, g2.global_features])
+    assert batch.has_structure.tolist() == [True, False, True]
+    out = model(*batch.inputs())
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    # an entry without a structure uses only its global features and the no-structure embedding
+    alone = model(*collate([None], [no_cif_globals]).inputs())
+    torch.testing.assert_close(alone[0], out[1])
+    out.sum().backward()  # gradients flow through both branches
+
+
+def test_tiny_ensemble_trains_resumes_and_ships(tmp_path, small_cifs):
+    from htvs.datasets import load_obelix
+
+    ids = [c.id for c in small_cifs]
+    train_all = load_obelix("train")
+    with_cif = train_all[train_all["ID"].isin(ids)]
+    without_cif = train_all[~train_all["ID"].isin(ids)].head(4)
+    frame = with_cif.head(6)._append(without_cif)
+    test_frame = with_cif.tail(2)._append(train_all[~train_all["ID"].isin(ids)].tail(2))
+    config = ConductivityTrainConfig(model=TINY, n_models=2, max_epochs=2, batch_size=4, threads=1)
+    metrics = train_ensemble(tmp_path / "run", config, frame, test_frame, small_cifs, log=lambda s: None)
+    assert set(metrics["test"]) == {"model", "train_mean", "random_forest"}
+    assert [m["epochs"] for m in metrics["members"]] == [2, 2]
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+    # resume: stop member 0 after epoch 1, continue to epoch 2 -> same weights as uninterrupted
+    from htvs.conductivity.train import build_graph_cache
+
+    graphs = build_graph_cache(small_cifs, config.graph, tmp_path / "run" / "graphs.npz")
+    data = make_entries(frame, graphs)
+    one = ConductivityTrainConfig(model=TINY, n_models=1, max_epochs=1, batch_size=4, threads=1)
+    train_member(tmp_path / "r2", 0, one, data, log=lambda s: None)
+    (tmp_path / "r2" / "model_0" / "done.json").unlink()
+    logs: list[str] = []
+    result = train_member(tmp_path / "r2", 0, config, data, log=logs.append)
+    assert any("resumed after epoch 1" in line for line in logs) and result["epochs"] == 2
+    resumed = torch.load(tmp_path / "r2" / "model_0" / "checkpoint.pt", weights_only=True)["model"]
+    straight = torch.load(tmp_path / "run" / "model_0" / "checkpoint.pt", weights_only=True)["model"]
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key])
+
+    card = ship_ensemble(tmp_path / "run", tmp_path / "shipped")
+    ensemble = load_ensemble(card.parent)
+    assert len(ensemble.models) == 2
+    (card.parent / "member_1.pt").write_bytes(b"tampered")
+    with pytest.raises(ModelNotReady, match="sha256"):
+        load_ensemble(card.parent)
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble() -> ConductivityEnsemble:
+    return ConductivityEnsemble([build_model(TINY, seed=s).eval() for s in (0, 1)], TINY, GraphConfig())
+
+
+def test_bad_inputs_are_per_item(li2o, li_half_na_cl, tiny_ensemble):
+    nacl = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    nan = li2o.copy()
+    nan.replace(0, "Li", coords=[float("nan"), 0.0, 0.0])
+    big = li2o * (2, 2, 2)  # 96 sites
+    items = [
+        ("ok", li2o),
+        ("not-a-cif", "data_x\n_this is not a cif at all\n"),
+        ("no-li", nacl),
+        ("too-big", big),
+        ("nan", nan),
+        ("partial", li_half_na_cl),
+    ]
+    out = predict_conductivity(items, tiny_ensemble, ConductivityConfig(max_atoms=50))
+    assert [r.id for r in out] == [i for i, _ in items]
+    kinds = [type(r).__name__ for r in out]
+    assert kinds == ["ConductivityPrediction", "ConductivityError", "ConductivityError",
+                     "ConductivityError", "ConductivityError", "ConductivityPrediction"]
+    assert "malformed CIF" in out[1].error
+    assert out[2].no_lithium and "no Li" in out[2].error
+    assert "96 sites" in out[3].error and "limit of 50" in out[3].error
+    assert "NaN" in out[4].error
+    assert 0.0 <= out[0].p_superionic <= 1.0 and out[0].log10_sigma_std >= 0.0
+
+
+def test_shipped_ensemble_predicts_bundled_cif(tmp_path):
+    from htvs.datasets import load_obelix, load_obelix_cifs
+
+    ensemble = load_ensemble()
+    assert len(ensemble.models) >= 5
+    card = ensemble.card
+    assert card["split"]["test"] == 121 and card["members"]
+    # train-mean baseline on the test split, SOURCES.md: MAE 1.95 (2.22 on the 67 CIF entries), 44 % superionic
+    assert card["test"]["train_mean"]["all"]["mae_log10_sigma"] == pytest.approx(1.95, abs=0.005)
+    assert card["test"]["train_mean"]["with_cif"]["mae_log10_sigma"] == pytest.approx(2.22, abs=0.005)
+    assert card["test"]["train_mean"]["all"]["fraction_superionic"] == pytest.approx(0.44, abs=0.005)
+    test_ids = set(load_obelix("test")["ID"])
+    cif = min((c for c in load_obelix_cifs() if c.id in test_ids), key=lambda c: len(c.text))
+    path = tmp_path / f"{cif.id}.cif"
+    path.write_text(cif.text)
+    from htvs.conductivity.predict import predict_cif_files
+
+    (pred,) = predict_cif_files([path], ensemble)
+    assert isinstance(pred, ConductivityPrediction), pred
+    assert pred.id == cif.id
+    assert -14 < pred.log10_sigma_mean < 0 and pred.log10_sigma_std > 0
+    json.dumps(pred.to_dict())
