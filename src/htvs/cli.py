@@ -331,12 +331,22 @@ def train_export(
     run: Path = typer.Argument(..., help="Training run directory (from `htvs train composition`)."),
     target: str = typer.Option(..., help="e_form | band_gap: what the models predict."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Model folder (default: the shipped one)."),
+    attach: list[str] | None = typer.Option(
+        None, help="NAME=RUN: add another run's metrics to the card (pretraining, ablation, CV fold)."
+    ),
 ) -> None:
     """Export a run's finished members to ONNX with a model card (data, split, seeds, metrics, sha256)."""
     from htvs.composition.ship import export_run, shipped_model_dir
+    from htvs.errors import InvalidInput
 
     with _clear_errors():
-        card = export_run(run, out or shipped_model_dir(target), target)
+        related: dict[str, Path] = {}
+        for item in attach or []:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise InvalidInput(f"--attach expects NAME=RUN_DIR, got {item!r}")
+            related[name] = Path(path)
+        card = export_run(run, out or shipped_model_dir(target), target, related)
     Console().print(f"wrote {card}")
 
 

@@ -35,11 +35,15 @@ def load_ensemble(target: str, directory: Path | None = None, threads: int | Non
     return OnnxRoostEnsemble.from_dir(folder, intra_op_threads=threads)
 
 
-def export_run(run_dir: Path, out_dir: Path, target: str) -> Path:
+def export_run(
+    run_dir: Path, out_dir: Path, target: str, related: dict[str, Path] | None = None
+) -> Path:
     """Export every finished member of ``run_dir`` to ONNX in ``out_dir`` with a model card.
 
     The card carries the data/split description, the training configuration (seeds included),
-    each member's training history summary and the run's ``metrics.json`` when present.
+    each member's training history summary and the run's ``metrics.json`` when present, plus
+    the ``metrics.json`` of ``related`` runs (pretraining, ablations, cross-validation folds)
+    under ``related_runs`` so that every reported figure sits next to the model.
     """
     from htvs.composition.onnx_export import export_onnx, write_model_card
     from htvs.composition.train import TrainConfig, load_member
@@ -79,7 +83,22 @@ def export_run(run_dir: Path, out_dir: Path, target: str) -> Path:
             for k, d in done
         ],
         "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
+        "related_runs": _related_metrics(related or {}),
         "exported": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "trained_on": f"{platform.machine()} CPU, torch threads {config.threads}",
     }
     return write_model_card(out_dir, files, target=target, units=units, extra=extra)
+
+
+def _related_metrics(related: dict[str, Path]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, run in sorted(related.items()):
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise InvalidInput(f"related run {name!r}: {path} does not exist (evaluate the run first)")
+        metrics = json.loads(path.read_text())
+        config_path = Path(run) / "train_config.json"
+        if config_path.is_file():
+            metrics["train_config"] = json.loads(config_path.read_text())
+        out[name] = metrics
+    return out
