@@ -90,12 +90,18 @@ def test_export_of_a_training_run(tmp_path: Path) -> None:
     config = TrainConfig(target="gap-expt", roost=TINY, n_models=2, max_epochs=1, batch_size=32, threads=1)
     train_ensemble(tmp_path / "run", config, split, log=lambda s: None)
     result = CliRunner().invoke(
-        app, ["train", "export", str(tmp_path / "run"), "--target", "band_gap", "--out", str(tmp_path / "m")]
+        app,
+        ["train", "export", str(tmp_path / "run"), "--target", "band_gap", "--out", str(tmp_path / "m"),
+         "--attach", f"fold0={tmp_path / 'run'}"],
     )
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "m" / "model_card.json").read_text())
     assert card["members_trained"] == 2 and card["metrics"]["test"]["n"] == 16
     assert card["train_config"]["seed"] == 0 and len(card["models"]) == 2
+    assert card["related_runs"]["fold0"]["test"]["n"] == 16
+    bad = CliRunner().invoke(app, ["train", "export", str(tmp_path / "run"), "--target", "band_gap",
+                                   "--out", str(tmp_path / "m2"), "--attach", "nonsense"])
+    assert bad.exit_code == EXIT_BAD_INPUT and "NAME=RUN_DIR" in bad.output
     ensemble = OnnxRoostEnsemble.from_dir(tmp_path / "m")
     test = Featurized.from_frame(split.test)
     onnx = ensemble.predict(test.formulas).members
