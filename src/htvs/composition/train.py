@@ -16,7 +16,6 @@ an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from htvs.checkpoints import end_epoch, resume, save_atomic, write_json_atomic
 from htvs.composition.datasets import UNITS, DataSplit, load_split
 from htvs.composition.featurize import RoostBatch, _assemble, parse_fractions
 from htvs.composition.model import RoostConfig, build_roost, roost_inputs
@@ -112,14 +112,6 @@ class Featurized:
         return len(self.zs)
 
 
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def predict_rows(model, data: Featurized, batch_size: int = 4096) -> np.ndarray:
     import torch
 
@@ -166,17 +158,8 @@ def train_one(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.max_epochs, eta_min=config.min_learning_rate
     )
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
-    best_weights = {key: v.clone() for key, v in model.state_dict().items()}
     checkpoint = model_dir / "checkpoint.pt"
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        best_weights = saved["best"]
-        state = json.loads(saved["state"])
-        log(f"model {k}: resumed after epoch {state['epoch']}")
+    state, best_weights = resume(checkpoint, model, optimizer, scheduler, log, f"model {k}")
     targets = torch.from_numpy(train.targets)
     while state["epoch"] < config.max_epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"]
@@ -194,38 +177,18 @@ def train_one(
             total += float(loss.detach()) * len(rows)
         scheduler.step()
         val_mae = float(np.mean(np.abs(predict_rows(model, val) - val.targets)))
-        improved = val_mae < state["best_val"]
-        if improved:
-            state["best_val"] = val_mae
-            state["bad_epochs"] = 0
-            best_weights = {key: v.detach().clone() for key, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        state["history"].append(
-            {"epoch": epoch + 1, "train_mae": total / len(order), "val_mae": val_mae,
-             "seconds": round(time.perf_counter() - start, 1)}
-        )
-        _save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "best": best_weights,
-                "state": json.dumps(state),
-            },
-            checkpoint,
+        record = {"train_mae": total / len(order), "seconds": round(time.perf_counter() - start, 1)}
+        best_weights, improved = end_epoch(
+            checkpoint, state, best_weights, model, optimizer, scheduler, val_mae, record
         )
         log(
             f"model {k} epoch {epoch + 1}/{config.max_epochs}: train MAE {total / len(order):.4f} "
             f"val MAE {val_mae:.4f}{' *' if improved else ''} ({state['history'][-1]['seconds']} s)"
         )
-    _save_atomic(best_weights, model_dir / "best.pt")
+    save_atomic(best_weights, model_dir / "best.pt")
     result = {"model": k, "seed": seed, "epochs": state["epoch"], "best_val_mae": state["best_val"],
               "history": state["history"]}
-    tmp = done_path.with_name(".done.json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(done_path)
+    write_json_atomic(result, done_path)
     return result
 
 

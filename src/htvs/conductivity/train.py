@@ -18,7 +18,6 @@ for early stopping on validation MAE, so the members see different data (bagging
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from htvs.checkpoints import end_epoch, resume, save_atomic, write_json_atomic
 from htvs.conductivity.baselines import LOG10_THRESHOLD, mean_baseline, random_forest_baseline, score
 from htvs.conductivity.graph import CrystalGraph, GraphConfig, build_graph, table_global_features
 from htvs.conductivity.model import ModelConfig, build_model, collate
@@ -134,14 +134,6 @@ def make_entries(frame, graphs: dict[str, CrystalGraph]) -> Entries:
                    frame["sigma_censored"].to_numpy(dtype=bool))
 
 
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def predict_entries(model, entries: Entries, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(log10 sigma, superionic logit) of every entry."""
     import torch
@@ -181,16 +173,8 @@ def train_member(run_dir: Path, k: int, config: ConductivityTrainConfig, data: E
     glob = np.stack(train.globals_)
     model.set_normalization(glob.mean(axis=0), glob.std(axis=0), float(train.log10_sigma.mean()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
-    best = {key: v.clone() for key, v in model.state_dict().items()}
     checkpoint = model_dir / "checkpoint.pt"
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        best = saved["best"]
-        state = json.loads(saved["state"])
-        log(f"model {k}: resumed after epoch {state['epoch']}")
+    state, best = resume(checkpoint, model, optimizer, None, log, f"model {k}")
     y = torch.from_numpy(train.log10_sigma)
     label = (y >= LOG10_THRESHOLD).float()
     while state["epoch"] < config.max_epochs and state["bad_epochs"] < config.patience:
@@ -209,23 +193,13 @@ def train_member(run_dir: Path, k: int, config: ConductivityTrainConfig, data: E
             optimizer.step()
             total += float(loss.detach()) * len(rows)
         val_mae = float(np.mean(np.abs(predict_entries(model, val)[0] - val.log10_sigma)))
-        improved = val_mae < state["best_val"]
-        if improved:
-            state["best_val"], state["bad_epochs"] = val_mae, 0
-            best = {key: v.detach().clone() for key, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "train_loss": total / len(order), "val_mae": val_mae})
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
-                      "state": json.dumps(state)}, checkpoint)
-    _save_atomic(best, model_dir / "best.pt")
+        best, _ = end_epoch(checkpoint, state, best, model, optimizer, None, val_mae,
+                            {"train_loss": total / len(order)})
+    save_atomic(best, model_dir / "best.pt")
     result = {"model": k, "seed": seed, "val_split_seed": config.split_seed + k, "epochs": state["epoch"],
               "best_val_mae": state["best_val"], "history": state["history"]}
     log(f"model {k}: {state['epoch']} epochs, best val MAE {state['best_val']:.3f}")
-    tmp = done_path.with_name(".done.json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(done_path)
+    write_json_atomic(result, done_path)
     return result
 
 
