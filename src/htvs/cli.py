@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from htvs.errors import HTVSError
+from htvs.cli_output import (
+    EXIT_BAD_INPUT,
+    _clear_errors,
+    _emit_json,
+    _finite_or_none,
+    _progress,
+    _stderr,
+)
 
 app = typer.Typer(
     name="htvs",
@@ -29,41 +33,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_BAD_INPUT = 2
+def _register_subcommands() -> None:
+    from htvs.cli_campaign import campaign_app
+    from htvs.cli_train import train_app
 
-
-def _stderr() -> Console:
-    return Console(stderr=True, soft_wrap=True)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Turn project errors into one readable line on stderr and exit status 2."""
-    try:
-        yield
-    except HTVSError as exc:
-        _stderr().print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-
-
-def _emit_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-@contextmanager
-def _progress(description: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields a callback taking the number of items done."""
-    if not enabled:
-        yield lambda done: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_stderr(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done: bar.update(task, completed=done)
+    app.add_typer(train_app, name="train")
+    app.add_typer(campaign_app, name="campaign")
 
 
 @app.command()
@@ -269,86 +244,6 @@ def hull(
     )
 
 
-train_app = typer.Typer(help="Train the project's models (fixed seeds, resumable).", no_args_is_help=True)
-app.add_typer(train_app, name="train")
-
-
-@train_app.command("composition")
-def train_composition(
-    target: str = typer.Option("ef", help="ef | ef-bartel | gap-mp | gap-expt | gap-expt-all (k-fold)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.json)."),
-    n_models: int = typer.Option(10, help="Ensemble size (the paper: 10)."),
-    max_epochs: int = typer.Option(60, help="Epochs per model (cosine schedule over this)."),
-    patience: int = typer.Option(8, help="Early stopping: epochs without validation improvement."),
-    batch_size: int = typer.Option(256),
-    learning_rate: float = typer.Option(1e-3),
-    seed: int = typer.Option(0, help="Seed of the ensemble (member k uses 1000*seed + k)."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
-    init_from: Path | None = typer.Option(None, help="Pretraining run: member k starts from its model_k."),
-    cv_fold: int | None = typer.Option(None, help="Test fold for k-fold targets (gap-expt-all)."),
-    cv_folds: int = typer.Option(5, help="Number of folds for k-fold targets."),
-    as_json: bool = typer.Option(False, "--json", help="Print the final metrics JSON on stdout."),
-) -> None:
-    """Train (or resume) a Roost ensemble on a bundled dataset and score it on the test split."""
-    from htvs.composition.train import TrainConfig, train_ensemble
-
-    with _clear_errors():
-        config = TrainConfig(
-            target=target,
-            n_models=n_models,
-            max_epochs=max_epochs,
-            patience=patience,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            seed=seed,
-            threads=threads,
-            init_from=str(init_from) if init_from else None,
-            cv_fold=cv_fold,
-            cv_folds=cv_folds,
-        )
-        log = (lambda line: _stderr().print(line, highlight=False))
-        metrics = train_ensemble(out, config, log=log)
-    if as_json:
-        _emit_json(metrics)
-    else:
-        Console().print_json(json.dumps(metrics.get("test", metrics)))
-
-
-@train_app.command("evaluate")
-def train_evaluate(
-    run: Path = typer.Argument(..., help="Training run directory."),
-) -> None:
-    """Score the members finished so far on the run's test split; writes RUN/metrics.json."""
-    from htvs.composition.train import evaluate_run
-
-    with _clear_errors():
-        metrics = evaluate_run(run)
-    _emit_json(metrics)
-
-
-@train_app.command("export")
-def train_export(
-    run: Path = typer.Argument(..., help="Training run directory (from `htvs train composition`)."),
-    target: str = typer.Option(..., help="e_form | band_gap: what the models predict."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Model folder (default: the shipped one)."),
-    attach: list[str] | None = typer.Option(
-        None, help="NAME=RUN: add another run's metrics to the card (pretraining, ablation, CV fold)."
-    ),
-) -> None:
-    """Export a run's finished members to ONNX with a model card (data, split, seeds, metrics, sha256)."""
-    from htvs.composition.ship import export_run, shipped_model_dir
-    from htvs.errors import InvalidInput
-
-    with _clear_errors():
-        related: dict[str, Path] = {}
-        for item in attach or []:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise InvalidInput(f"--attach expects NAME=RUN_DIR, got {item!r}")
-            related[name] = Path(path)
-        card = export_run(run, out or shipped_model_dir(target), target, related)
-    Console().print(f"wrote {card}")
-
 
 def _read_formula_table(path: Path) -> list[str]:
     from htvs.errors import InvalidInput
@@ -512,97 +407,8 @@ def serve(
         run(name, port, metrics_port, host=host, max_workers=max_workers, ready=announce, **resources)
 
 
-campaign_app = typer.Typer(help="Screening campaigns: the whole funnel, or one step (Argo).", no_args_is_help=True)
-app.add_typer(campaign_app, name="campaign")
 
-_STORE_HELP = "Artifact store: a directory (default OUT/store) or s3://bucket/prefix (HTVS_S3_* env)."
-
-
-@contextmanager
-def _stage_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """One rich progress bar per campaign step."""
-    if not enabled:
-        yield lambda step, done, total: None
-        return
-    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_stderr()) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(step: str, done: int, total: int) -> None:
-            if step not in tasks:
-                tasks[step] = bar.add_task(step, total=total)
-            bar.update(tasks[step], completed=done, total=total)
-
-        yield update
-
-
-@campaign_app.command("run")
-def campaign_run(
-    config_path: Path = typer.Argument(..., help="Campaign YAML (see configs/demo.yaml)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory: tables, funnel.json, candidates.csv."),
-    store_url: str | None = typer.Option(None, "--store", help=_STORE_HELP),
-    services: str | None = typer.Option(
-        None,
-        "--services",
-        help="Call gRPC services instead of in-process functions: 'host:port,...' (matched by "
-        "health check) or 'substitution=host:port,composition=host:port'.",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),
-) -> None:
-    """Run a whole campaign on this machine (the embedded default); a rerun resumes from the store."""
-    from htvs.campaign import load_campaign, run_campaign
-    from htvs.store import open_store
-
-    with _clear_errors():
-        config = load_campaign(config_path)
-        backend = None
-        if services:
-            from htvs.campaign.remote import GrpcBackend, parse_services
-
-            backend = GrpcBackend(parse_services(services))
-        store = open_store(store_url or (out / "store"), create_bucket=True)
-        with _stage_progress(not as_json) as progress:
-            funnel = run_campaign(config, store, out, backend=backend, progress=progress)
-    if as_json:
-        _emit_json(funnel)
-        return
-    table = Table("funnel step", "count", title=f"campaign {config.name!r}")
-    for step, count in funnel.items():
-        table.add_row(step, f"{count:,}")
-    Console().print(table)
-    Console().print(f"tables, funnel.json and candidates.csv in {out}")
-
-
-@campaign_app.command("stage")
-def campaign_stage(
-    step: str = typer.Argument(..., help="prototypes | substitute | predict | screen | report"),
-    config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
-    store_url: str = typer.Option(..., "--store", help=_STORE_HELP),
-    shard: int | None = typer.Option(None, help="predict only: the shard to run (Argo fan-out)."),
-) -> None:
-    """Run one step of a campaign against a store (what each Argo step runs)."""
-    from htvs.campaign import load_campaign, run_step
-    from htvs.store import StageManifest, open_store
-
-    with _clear_errors():
-        config = load_campaign(config_path)
-        result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard)
-    if isinstance(result, StageManifest):
-        _emit_json(json.loads(result.model_dump_json()))
-    else:
-        _emit_json({"step": step, "done": True})
-
-
-@campaign_app.command("shards")
-def campaign_shards(
-    config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
-    store_url: str | None = typer.Option(None, "--store", help="Accepted for symmetry; unused."),
-) -> None:
-    """Print the predict fan-out's shard indices as a JSON list (Argo withParam)."""
-    from htvs.campaign import load_campaign, shard_list
-
-    with _clear_errors():
-        _emit_json(shard_list(load_campaign(config_path)))
+_register_subcommands()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,113 @@
+"""``htvs campaign ...``: the whole funnel embedded, or one step as an Argo task runs it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from htvs.cli_output import (
+    _clear_errors,
+    _emit_json,
+    _stderr,
+)
+
+campaign_app = typer.Typer(help="Screening campaigns: the whole funnel, or one step (Argo).", no_args_is_help=True)
+
+_STORE_HELP = "Artifact store: a directory (default OUT/store) or s3://bucket/prefix (HTVS_S3_* env)."
+
+
+@contextmanager
+def _stage_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """One rich progress bar per campaign step."""
+    if not enabled:
+        yield lambda step, done, total: None
+        return
+    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_stderr()) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield update
+
+
+@campaign_app.command("run")
+def campaign_run(
+    config_path: Path = typer.Argument(..., help="Campaign YAML (see configs/demo.yaml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: tables, funnel.json, candidates.csv."),
+    store_url: str | None = typer.Option(None, "--store", help=_STORE_HELP),
+    services: str | None = typer.Option(
+        None,
+        "--services",
+        help="Call gRPC services instead of in-process functions: 'host:port,...' (matched by "
+        "health check) or 'substitution=host:port,composition=host:port'.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),
+) -> None:
+    """Run a whole campaign on this machine (the embedded default); a rerun resumes from the store."""
+    from htvs.campaign import load_campaign, run_campaign
+    from htvs.store import open_store
+
+    with _clear_errors():
+        config = load_campaign(config_path)
+        backend = None
+        if services:
+            from htvs.campaign.remote import GrpcBackend, parse_services
+
+            backend = GrpcBackend(parse_services(services))
+        store = open_store(store_url or (out / "store"), create_bucket=True)
+        with _stage_progress(not as_json) as progress:
+            funnel = run_campaign(config, store, out, backend=backend, progress=progress)
+    if as_json:
+        _emit_json(funnel)
+        return
+    table = Table("funnel step", "count", title=f"campaign {config.name!r}")
+    for step, count in funnel.items():
+        table.add_row(step, f"{count:,}")
+    Console().print(table)
+    Console().print(f"tables, funnel.json and candidates.csv in {out}")
+
+
+@campaign_app.command("stage")
+def campaign_stage(
+    step: str = typer.Argument(..., help="prototypes | substitute | predict | screen | report"),
+    config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
+    store_url: str = typer.Option(..., "--store", help=_STORE_HELP),
+    shard: int | None = typer.Option(None, help="predict only: the shard to run (Argo fan-out)."),
+) -> None:
+    """Run one step of a campaign against a store (what each Argo step runs)."""
+    from htvs.campaign import load_campaign, run_step
+    from htvs.store import StageManifest, open_store
+
+    with _clear_errors():
+        config = load_campaign(config_path)
+        result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard)
+    if isinstance(result, StageManifest):
+        _emit_json(json.loads(result.model_dump_json()))
+    else:
+        _emit_json({"step": step, "done": True})
+
+
+@campaign_app.command("shards")
+def campaign_shards(
+    config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
+    store_url: str | None = typer.Option(None, "--store", help="Accepted for symmetry; unused."),
+) -> None:
+    """Print the predict fan-out's shard indices as a JSON list (Argo withParam)."""
+    from htvs.campaign import load_campaign, shard_list
+
+    with _clear_errors():
+        _emit_json(shard_list(load_campaign(config_path)))
+
+

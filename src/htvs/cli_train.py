@@ -1,0 +1,95 @@
+"""``htvs train ...``: training, evaluation and export of the composition models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from htvs.cli_output import (
+    _clear_errors,
+    _emit_json,
+    _stderr,
+)
+
+train_app = typer.Typer(help="Train the project's models (fixed seeds, resumable).", no_args_is_help=True)
+
+
+@train_app.command("composition")
+def train_composition(
+    target: str = typer.Option("ef", help="ef | ef-bartel | gap-mp | gap-expt | gap-expt-all (k-fold)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.json)."),
+    n_models: int = typer.Option(10, help="Ensemble size (the paper: 10)."),
+    max_epochs: int = typer.Option(60, help="Epochs per model (cosine schedule over this)."),
+    patience: int = typer.Option(8, help="Early stopping: epochs without validation improvement."),
+    batch_size: int = typer.Option(256),
+    learning_rate: float = typer.Option(1e-3),
+    seed: int = typer.Option(0, help="Seed of the ensemble (member k uses 1000*seed + k)."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+    init_from: Path | None = typer.Option(None, help="Pretraining run: member k starts from its model_k."),
+    cv_fold: int | None = typer.Option(None, help="Test fold for k-fold targets (gap-expt-all)."),
+    cv_folds: int = typer.Option(5, help="Number of folds for k-fold targets."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics JSON on stdout."),
+) -> None:
+    """Train (or resume) a Roost ensemble on a bundled dataset and score it on the test split."""
+    from htvs.composition.train import TrainConfig, train_ensemble
+
+    with _clear_errors():
+        config = TrainConfig(
+            target=target,
+            n_models=n_models,
+            max_epochs=max_epochs,
+            patience=patience,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            threads=threads,
+            init_from=str(init_from) if init_from else None,
+            cv_fold=cv_fold,
+            cv_folds=cv_folds,
+        )
+        log = (lambda line: _stderr().print(line, highlight=False))
+        metrics = train_ensemble(out, config, log=log)
+    if as_json:
+        _emit_json(metrics)
+    else:
+        Console().print_json(json.dumps(metrics.get("test", metrics)))
+
+
+@train_app.command("evaluate")
+def train_evaluate(
+    run: Path = typer.Argument(..., help="Training run directory."),
+) -> None:
+    """Score the members finished so far on the run's test split; writes RUN/metrics.json."""
+    from htvs.composition.train import evaluate_run
+
+    with _clear_errors():
+        metrics = evaluate_run(run)
+    _emit_json(metrics)
+
+
+@train_app.command("export")
+def train_export(
+    run: Path = typer.Argument(..., help="Training run directory (from `htvs train composition`)."),
+    target: str = typer.Option(..., help="e_form | band_gap: what the models predict."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Model folder (default: the shipped one)."),
+    attach: list[str] | None = typer.Option(
+        None, help="NAME=RUN: add another run's metrics to the card (pretraining, ablation, CV fold)."
+    ),
+) -> None:
+    """Export a run's finished members to ONNX with a model card (data, split, seeds, metrics, sha256)."""
+    from htvs.composition.ship import export_run, shipped_model_dir
+    from htvs.errors import InvalidInput
+
+    with _clear_errors():
+        related: dict[str, Path] = {}
+        for item in attach or []:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise InvalidInput(f"--attach expects NAME=RUN_DIR, got {item!r}")
+            related[name] = Path(path)
+        card = export_run(run, out or shipped_model_dir(target), target, related)
+    Console().print(f"wrote {card}")
+
