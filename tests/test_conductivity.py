@@ -123,14 +123,16 @@ def test_tiny_ensemble_trains_resumes_and_ships(tmp_path, small_cifs):
     card = ship_ensemble(tmp_path / "run", tmp_path / "shipped")
     ensemble = load_ensemble(card.parent)
     assert len(ensemble.models) == 2
-    (card.parent / "member_1.pt").write_bytes(b"tampered")
+    shipped = json.loads(card.read_text())
+    assert shipped["onnx_max_abs_diff"] < 1e-4  # the ONNX members compute what the torch ones do
+    (card.parent / "member_1.onnx").write_bytes(b"tampered")
     with pytest.raises(ModelNotReady, match="sha256"):
         load_ensemble(card.parent)
 
 
 @pytest.fixture(scope="module")
 def tiny_ensemble() -> ConductivityEnsemble:
-    return ConductivityEnsemble([build_model(TINY, seed=s).eval() for s in (0, 1)], TINY, GraphConfig())
+    return ConductivityEnsemble([build_model(TINY, seed=s).eval() for s in (0, 1)], GraphConfig())
 
 
 def test_bad_inputs_are_per_item(li2o, li_half_na_cl, tiny_ensemble):
@@ -156,6 +158,23 @@ def test_bad_inputs_are_per_item(li2o, li_half_na_cl, tiny_ensemble):
     assert "96 sites" in out[3].error and "limit of 50" in out[3].error
     assert "NaN" in out[4].error
     assert 0.0 <= out[0].p_superionic <= 1.0 and out[0].log10_sigma_std >= 0.0
+
+
+def test_onnx_member_matches_torch_with_repeated_indices(tmp_path, li2o, li_half_na_cl):
+    """Many edges into one node and many nodes into one entry must be summed, not overwritten."""
+    import onnx  # noqa: F401 - the exporter needs it
+
+    from htvs.conductivity.graph import collate_arrays
+    from htvs.conductivity.onnx_export import OnnxMember, TorchMember, export_member
+
+    model = build_model(TINY, seed=3).eval()
+    path = export_member(model, tmp_path / "m.onnx")
+    graphs = [build_graph(li2o), None, build_graph(li_half_na_cl)]
+    arrays = collate_arrays(graphs, [graphs[0].global_features] * 3)
+    assert np.bincount(arrays["edge_dst"]).max() > 1
+    np.testing.assert_allclose(OnnxMember(path)(arrays), TorchMember(model)(arrays), atol=1e-4)
+    empty = collate_arrays([None], [graphs[0].global_features])  # zero nodes, zero edges
+    np.testing.assert_allclose(OnnxMember(path)(empty), TorchMember(model)(empty), atol=1e-5)
 
 
 def test_shipped_ensemble_predicts_bundled_cif(tmp_path):

@@ -1,4 +1,4 @@
-"""``htvs train ...``: training, evaluation and export of the composition models."""
+"""``htvs train ...``: training, evaluation and export of the composition and conductivity models."""
 
 from __future__ import annotations
 
@@ -93,3 +93,45 @@ def train_export(
         card = export_run(run, out or shipped_model_dir(target), target, related)
     Console().print(f"wrote {card}")
 
+
+
+@train_app.command("conductivity")
+def train_conductivity(
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (graph cache, checkpoints, metrics.json)."),
+    n_models: int = typer.Option(5, help="Ensemble size; the spread of the members is the uncertainty."),
+    max_epochs: int = typer.Option(120, help="Most epochs per member."),
+    patience: int = typer.Option(20, help="Early stopping: epochs without validation improvement."),
+    val_grouping: str = typer.Option("element_set", help="element_set (whole chemical systems) | random."),
+    structure_dropout: float = typer.Option(0.0, help="Training-time probability of hiding an entry's graph."),
+    seed: int = typer.Option(0, help="Seed of the ensemble (member k uses 1000*seed + k)."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics JSON on stdout."),
+) -> None:
+    """Train (or resume) the conductivity GNN ensemble on the OBELiX train split; score it, the
+    train-set mean and a random forest on the OBELiX test split in the same run."""
+    from htvs.conductivity.train import ConductivityTrainConfig, train_ensemble
+
+    with _clear_errors():
+        config = ConductivityTrainConfig(n_models=n_models, max_epochs=max_epochs, patience=patience,
+                                         val_grouping=val_grouping, structure_dropout=structure_dropout,
+                                         seed=seed, threads=threads)
+        metrics = train_ensemble(out, config, log=lambda line: _stderr().print(line, highlight=False))
+    if as_json:
+        _emit_json(metrics)
+    else:
+        from htvs.conductivity.predict import metrics_table
+
+        Console().print(metrics_table(metrics))
+
+
+@train_app.command("conductivity-export")
+def train_conductivity_export(
+    run: Path = typer.Argument(..., help="Training run directory (from `htvs train conductivity`)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Model folder (default: the shipped one)."),
+) -> None:
+    """Export a finished conductivity run to ONNX with its model card (checked against torch)."""
+    from htvs.conductivity.predict import ship_ensemble
+
+    with _clear_errors():
+        card = ship_ensemble(run, out)
+    Console().print(f"wrote {card}")

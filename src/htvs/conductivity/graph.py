@@ -26,6 +26,8 @@ _SYSTEM_BOUNDS = (2, 15, 74, 142, 167, 194, 230)
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 #: Largest atomic number with a descriptor row.
 MAX_Z = 103
+#: Width of a node's input features: a 200-wide element embedding plus the vacancy fraction.
+NODE_INPUT = 201
 
 
 @dataclass(frozen=True)
@@ -285,3 +287,40 @@ def build_graph(structure, config: GraphConfig | None = None) -> CrystalGraph:
         edge_distance=dist,
         global_features=structure_global_features(structure, config.symprec),
     )
+
+
+#: Names of the model's inputs, in ``forward`` order (also the ONNX graph's input names).
+INPUT_NAMES = ("node_features", "node_graph", "edge_src", "edge_dst", "edge_distance", "global_features",
+               "has_structure")
+
+
+def collate_arrays(graphs: list[CrystalGraph | None], globals_: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Stack entries into the model's inputs as numpy arrays (keys: :data:`INPUT_NAMES`).
+
+    ``graphs[i] is None`` marks an entry without a structure (it contributes no nodes).
+    """
+    nodes, node_graph, src, dst, dist = [], [], [], [], []
+    offset = 0
+    for i, graph in enumerate(graphs):
+        if graph is None:
+            continue
+        n = graph.node_features.shape[0]
+        nodes.append(graph.node_features)
+        node_graph.append(np.full(n, i, dtype=np.int64))
+        src.append(graph.edge_src + offset)
+        dst.append(graph.edge_dst + offset)
+        dist.append(graph.edge_distance)
+        offset += n
+
+    def cat(parts: list[np.ndarray], shape: tuple[int, ...], dtype) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
+
+    return {
+        "node_features": cat(nodes, (0, NODE_INPUT), np.float32),
+        "node_graph": cat(node_graph, (0,), np.int64),
+        "edge_src": cat(src, (0,), np.int64),
+        "edge_dst": cat(dst, (0,), np.int64),
+        "edge_distance": cat(dist, (0,), np.float32),
+        "global_features": np.stack(globals_).astype(np.float32),
+        "has_structure": np.array([g is not None for g in graphs], dtype=bool),
+    }

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from htvs.conductivity.graph import CrystalGraph, global_feature_names
+from htvs.conductivity.graph import INPUT_NAMES, NODE_INPUT, CrystalGraph, collate_arrays, global_feature_names
 
-NODE_INPUT = 201
 
 
 @dataclass(frozen=True)
@@ -64,32 +63,20 @@ class GraphBatch:
 
 
 def collate(graphs: list[CrystalGraph | None], globals_: list[np.ndarray]) -> GraphBatch:
-    """Stack entries; ``graphs[i] is None`` marks an entry without a structure."""
-    nodes, node_graph, src, dst, dist = [], [], [], [], []
-    offset = 0
-    for i, graph in enumerate(graphs):
-        if graph is None:
-            continue
-        n = graph.node_features.shape[0]
-        nodes.append(graph.node_features)
-        node_graph.append(np.full(n, i, dtype=np.int64))
-        src.append(graph.edge_src + offset)
-        dst.append(graph.edge_dst + offset)
-        dist.append(graph.edge_distance)
-        offset += n
+    """:func:`collate_arrays` as torch tensors."""
+    arrays = collate_arrays(graphs, globals_)
+    return GraphBatch(**{name: torch.from_numpy(arrays[name]) for name in INPUT_NAMES})
 
-    def cat(parts, shape, dtype):
-        return torch.from_numpy(np.concatenate(parts).astype(dtype)) if parts else torch.zeros(shape, dtype=getattr(torch, np.dtype(dtype).name))
 
-    return GraphBatch(
-        node_features=cat(nodes, (0, NODE_INPUT), np.float32),
-        node_graph=cat(node_graph, (0,), np.int64),
-        edge_src=cat(src, (0,), np.int64),
-        edge_dst=cat(dst, (0,), np.int64),
-        edge_distance=cat(dist, (0,), np.float32),
-        global_features=torch.from_numpy(np.stack(globals_).astype(np.float32)),
-        has_structure=torch.tensor([g is not None for g in graphs], dtype=torch.bool),
-    )
+def sum_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``out[i] = sum of values[j] with index[j] == i`` for a (n_rows, d) output.
+
+    Written with ``scatter_add`` rather than ``index_add``: the former exports to ONNX as
+    ScatterElements(reduction="add"), the latter as a plain ScatterElements that keeps only one of
+    several rows sent to the same index.
+    """
+    out = torch.zeros(n_rows, values.shape[1], dtype=values.dtype, device=values.device)
+    return out.scatter_add(0, index[:, None].expand(-1, values.shape[1]), values)
 
 
 class GatedDenseBlock(nn.Module):
@@ -106,7 +93,7 @@ class GatedDenseBlock(nn.Module):
         h = self.project(dense)
         z = torch.cat([h[dst], h[src], rbf], dim=1)
         message = torch.sigmoid(self.gate(z)) * nn.functional.softplus(self.core(z))
-        aggregated = torch.zeros_like(h).index_add(0, dst, message)
+        aggregated = sum_rows(message, dst, h.shape[0])
         return nn.functional.softplus(h + self.norm(aggregated))
 
 
@@ -162,11 +149,9 @@ class ConductivityGNN(nn.Module):
         for block in self.blocks:
             features.append(block(torch.cat(features, dim=1), edge_src, edge_dst, rbf))
         nodes = torch.cat(features, dim=1)
-        pooled = torch.zeros(n_entries, nodes.shape[1], dtype=nodes.dtype).index_add(0, node_graph, nodes)
-        counts = torch.zeros(n_entries, dtype=nodes.dtype).index_add(
-            0, node_graph, torch.ones_like(node_graph, dtype=nodes.dtype)
-        )
-        pooled = pooled / counts.clamp(min=1.0)[:, None]
+        pooled = sum_rows(nodes, node_graph, n_entries)
+        counts = sum_rows(torch.ones_like(nodes[:, :1]), node_graph, n_entries)
+        pooled = pooled / counts.clamp(min=1.0)
         graph = self.graph_out(pooled)
         graph = torch.where(has_structure[:, None], graph, self.no_structure[None, :].expand_as(graph))
         glob = self.global_branch((global_features - self.global_mean) / self.global_std)

@@ -1,8 +1,8 @@
 """Stage 6: Li-ion conductivity of structures from the shipped GNN ensemble.
 
-The ensemble ships as PyTorch state dicts (``member_K.pt``, loaded with
-``torch.load(weights_only=True)``) next to ``model_card.json`` (configs, data, split, seeds, test
-metrics, sha256 of every file); it is not exported to ONNX yet.
+The ensemble ships as ONNX graphs (``member_K.onnx``, run by onnxruntime; serving needs no torch)
+next to ``model_card.json`` (configs, data, split, seeds, test metrics, sha256 of every file, and
+the largest ONNX-vs-torch difference measured when it was exported).
 
 Bad input never stops a batch: each item comes back as a :class:`ConductivityPrediction` or a
 :class:`ConductivityError` naming the reason (malformed CIF, no Li, too many atoms, NaN coordinates).
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from htvs.conductivity.graph import GraphConfig, build_graph
-from htvs.conductivity.model import ModelConfig, build_model, collate
+from htvs.conductivity.graph import GraphConfig, build_graph, collate_arrays
 from htvs.errors import InvalidInput, ModelNotReady
 
 CARD_NAME = "model_card.json"
-CARD_FORMAT = "htvs.conductivity-gnn-ensemble/1"
+CARD_FORMAT = "htvs.conductivity-gnn-ensemble/2"
 
 
 @dataclass(frozen=True)
@@ -78,12 +76,24 @@ class ConductivityError:
 
 @dataclass
 class ConductivityEnsemble:
-    """Loaded ensemble members plus the configs they were trained with."""
+    """Loaded ensemble members plus the graph settings they were trained with.
+
+    Attributes:
+        models: members; each maps :func:`~htvs.conductivity.graph.collate_arrays` arrays to an
+            (entries, 2) array (log10 sigma, superionic logit). Torch ``ConductivityGNN`` modules
+            are accepted too and wrapped in :class:`~htvs.conductivity.onnx_export.TorchMember`.
+        graph_config: how structures become graphs (must match training).
+        card: the model card.
+    """
 
     models: list
-    model_config: ModelConfig
     graph_config: GraphConfig
     card: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from htvs.conductivity.onnx_export import TorchMember
+
+        self.models = [TorchMember(m) if hasattr(m, "state_dict") else m for m in self.models]
 
 
 def default_model_dir() -> Path:
@@ -97,13 +107,17 @@ def _sha256(path: Path) -> str:
     return sha256_of(path)
 
 
-def load_ensemble(directory: str | Path | None = None) -> ConductivityEnsemble:
+def load_ensemble(directory: str | Path | None = None, threads: int | None = 1) -> ConductivityEnsemble:
     """Load the ensemble described by ``directory/model_card.json`` (default: the shipped one).
 
+    Args:
+        directory: folder with the card and the ``.onnx`` members.
+        threads: onnxruntime intra-op threads per member (None: onnxruntime's default).
+
     Raises:
-        ModelNotReady: missing card or member file, or a sha256 mismatch.
+        ModelNotReady: missing card or member file, a different card format, or a sha256 mismatch.
     """
-    import torch
+    from htvs.conductivity.onnx_export import OnnxMember
 
     root = Path(directory) if directory is not None else default_model_dir()
     card_path = root / CARD_NAME
@@ -112,40 +126,51 @@ def load_ensemble(directory: str | Path | None = None) -> ConductivityEnsemble:
     card = json.loads(card_path.read_text(encoding="utf-8"))
     if card.get("format") != CARD_FORMAT:
         raise ModelNotReady(f"{card_path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
-    model_config = ModelConfig.from_dict(card["model_config"])
     models = []
     for entry in card["models"]:
         path = root / entry["file"]
         if not path.is_file() or _sha256(path) != entry["sha256"]:
             raise ModelNotReady(f"conductivity member {path} is missing or its sha256 does not match the card")
-        model = build_model(model_config)
-        model.load_state_dict(torch.load(path, weights_only=True))
-        model.eval()
-        models.append(model)
-    return ConductivityEnsemble(models, model_config, GraphConfig(**card["graph_config"]), card)
+        models.append(OnnxMember(path, threads))
+    return ConductivityEnsemble(models, GraphConfig(**card["graph_config"]), card)
 
 
 def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Copy a finished training run's members into ``out_dir`` and write its model card."""
+    """Export a finished training run's members to ONNX in ``out_dir`` and write its model card.
+
+    Each exported member is checked against its torch weights on the run's cached OBELiX graphs;
+    the largest absolute difference goes into the card (``onnx_max_abs_diff``).
+    """
+    from htvs.conductivity.graph import GraphConfig as _GraphConfig
+    from htvs.conductivity.model import ModelConfig
+    from htvs.conductivity.onnx_export import OnnxMember, TorchMember, export_member
+    from htvs.conductivity.train import build_graph_cache, load_member
+
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else default_model_dir()
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads((run_dir / "train_config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    models = []
+    graphs = list(build_graph_cache([], _GraphConfig(**config["graph"]), run_dir / "graphs.npz").values())[:64]
+    check = collate_arrays(graphs + [None], [g.global_features for g in graphs] + [graphs[0].global_features])
+    models, worst = [], 0.0
+    for stale in out.glob("member_*"):
+        stale.unlink()
     for member in metrics["members"]:
-        name = f"member_{member['model']}.pt"
-        shutil.copyfile(run_dir / f"model_{member['model']}" / "best.pt", out / name)
-        models.append({"file": name, "sha256": _sha256(out / name)})
+        model = load_member(run_dir / f"model_{member['model']}" / "best.pt", ModelConfig.from_dict(config["model"]))
+        path = export_member(model, out / f"member_{member['model']}.onnx")
+        worst = max(worst, float(np.abs(OnnxMember(path)(check) - TorchMember(model)(check)).max()))
+        models.append({"file": path.name, "sha256": _sha256(path)})
     card = {
         "format": CARD_FORMAT,
         "target": "log10 sigma(300 K) regression and P(sigma >= 1e-4 S/cm) classification",
         "units": "log10(S/cm)",
-        "loading": "torch.load(weights_only=True) state dicts of htvs.conductivity.model.ConductivityGNN",
+        "loading": "onnxruntime; inputs as htvs.conductivity.graph.collate_arrays, output (entries, 2)",
         "model_config": config["model"],
         "graph_config": config["graph"],
         "train_config": config,
-        "command": "python -m htvs.conductivity.train RUN_DIR --models 5; then ship_ensemble(RUN_DIR)",
+        "command": "htvs train conductivity RUN_DIR; htvs train conductivity-export RUN_DIR",
+        "onnx_max_abs_diff": worst,
         **metrics,
         "models": models,
     }
@@ -193,8 +218,6 @@ def predict_conductivity(
     Returns:
         One record per item: a prediction, or an error with the reason (the batch goes on).
     """
-    import torch
-
     config = config or ConductivityConfig()
     results: list[ConductivityPrediction | ConductivityError | None] = [None] * len(structures)
     graphs, rows = [], []
@@ -219,9 +242,8 @@ def predict_conductivity(
         rows.append(i)
     for lo in range(0, len(rows), config.batch_size):
         chunk = graphs[lo: lo + config.batch_size]
-        batch = collate(chunk, [g.global_features for g in chunk])
-        with torch.no_grad():
-            outs = torch.stack([m(*batch.inputs()) for m in ensemble.models]).numpy().astype(np.float64)
+        arrays = collate_arrays(chunk, [g.global_features for g in chunk])
+        outs = np.stack([member(arrays) for member in ensemble.models])
         reg, prob = outs[:, :, 0], 1 / (1 + np.exp(-outs[:, :, 1]))
         for j, row in enumerate(rows[lo: lo + config.batch_size]):
             results[row] = ConductivityPrediction(
