@@ -35,10 +35,13 @@ app = typer.Typer(
 
 def _register_subcommands() -> None:
     from htvs.cli_campaign import campaign_app
+    from htvs.cli_conductivity import conductivity_app
     from htvs.cli_train import train_app
 
     app.add_typer(train_app, name="train")
     app.add_typer(campaign_app, name="campaign")
+    app.add_typer(conductivity_app, name="conductivity")
+    app.add_typer(structures_app, name="structures")
 
 
 @app.command()
@@ -377,13 +380,22 @@ def screen(
 
 @app.command()
 def serve(
-    name: str = typer.Argument(..., help="Service: substitution or composition."),
+    name: str = typer.Argument(..., help="Service: substitution, composition, structure or conductivity."),
     port: int = typer.Option(..., help="gRPC port (0: a free port, printed on stdout)."),
     metrics_port: int | None = typer.Option(None, help="Prometheus /metrics port (default: none)."),
     max_workers: int = typer.Option(8, help="Worker threads handling calls."),
     host: str = typer.Option("[::]", help="Interface to bind."),
     e_form_models: Path | None = typer.Option(None, help="E_f ensemble folder (composition; default: shipped)."),
     band_gap_models: Path | None = typer.Option(None, help="Band-gap ensemble folder (composition; default: shipped)."),
+    prototypes_source: list[str] | None = typer.Option(
+        None,
+        "--prototypes",
+        help="Prototype set served by name (substitution, structure; repeatable): 'bundled', 'mp' or a "
+        "folder (default: bundled).",
+    ),
+    conductivity_models: Path | None = typer.Option(
+        None, help="Conductivity ensemble folder with model_card.json (conductivity; default: shipped)."
+    ),
 ) -> None:
     """Serve a stage over gRPC (htvs.v1) until SIGTERM/SIGINT, then stop gracefully.
 
@@ -397,6 +409,10 @@ def serve(
     resources: dict[str, Any] = {}
     if name == "composition":
         resources = {"e_form_models": e_form_models, "band_gap_models": band_gap_models}
+    elif name in ("substitution", "structure") and prototypes_source:
+        resources = {"prototype_sources": tuple(prototypes_source)}
+    elif name == "conductivity":
+        resources = {"conductivity_models": conductivity_models}
 
     def announce(server, bound: int) -> None:
         _emit_json({"service": server.service_names[0], "port": bound, "metrics_port": server.metrics_port})
@@ -406,6 +422,49 @@ def serve(
         check_service_name(name)
         run(name, port, metrics_port, host=host, max_workers=max_workers, ready=announce, **resources)
 
+
+
+structures_app = typer.Typer(help="Stage 4: structures of substituted compounds.", no_args_is_help=True)
+
+
+@structures_app.command("dedupe")
+def structures_dedupe(
+    files: list[Path] = typer.Argument(
+        ..., help="CIF or pymatgen Structure .json files; an id is the file name without extension."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print unique ids, duplicates, refused files and counts."),
+) -> None:
+    """Remove duplicate structures (pymatgen StructureMatcher, default tolerances).
+
+    The first of a set of duplicates (in argument order) is kept. Files that cannot be read, or
+    hold a disordered structure, are refused (listed with the reason) and not compared.
+    """
+    from htvs.errors import InvalidInput
+    from htvs.prototypes.readers import FileKind, parse_structures
+    from htvs.structures import deduplicate
+
+    items, refused = [], []
+    for path in files:
+        try:
+            kind = FileKind.JSON if path.suffix.lower() == ".json" else FileKind.CIF
+            items.append((path.stem, parse_structures(path.read_text(encoding="utf-8"), kind)[0]))
+        except (OSError, UnicodeDecodeError, InvalidInput) as exc:
+            refused.append({"id": path.stem, "error": f"{path}: {exc}"})
+    with _clear_errors():
+        result = deduplicate(items)
+    refused += [{"id": r.id, "error": r.error} for r in result.refused]
+    counts = {**result.counts(), "in": len(files), "refused": len(refused)}
+    payload = {"unique": result.unique_ids, "duplicate_of": result.duplicate_of, "refused": refused, "counts": counts}
+    if as_json:
+        _emit_json(payload)
+        return
+    for row in refused:
+        _stderr().print(f"[bold red]refused:[/] {row['id']}: {row['error']}", highlight=False)
+    console = Console()
+    console.print(f"{counts['in']} structures -> {counts['out']} unique ({counts['removed']} duplicates, "
+                  f"{counts['refused']} refused)", highlight=False)
+    for rep, members in result.members().items():
+        console.print(rep + (f"  (= {', '.join(members[1:])})" if len(members) > 1 else ""), highlight=False)
 
 
 _register_subcommands()

@@ -1,8 +1,8 @@
 """``serve(name, port, ...)``: load a service's resources once, serve until SIGTERM/SIGINT.
 
 Used by ``htvs serve NAME``. Heavy resources (prototype sets, the reference hull, the ONNX
-ensembles) are loaded before the server starts; a missing model fails the start with a clear
-message instead of a server that cannot answer.
+ensembles, the conductivity GNN ensemble) are loaded before the server starts; a missing model
+fails the start with a clear message instead of a server that cannot answer.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from htvs.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WORKERS, Htv
 logger = logging.getLogger(__name__)
 
 #: Services ``serve`` can start now.
-AVAILABLE_SERVICES = ("substitution", "composition")
+AVAILABLE_SERVICES = ("substitution", "composition", "structure", "conductivity")
 #: Services of the funnel that are not served yet.
-PLANNED_SERVICES = ("structure", "conductivity", "dft")
+PLANNED_SERVICES = ("dft",)
 #: Seconds calls in flight may still run after SIGTERM.
 DEFAULT_GRACE_S = 10.0
 
@@ -46,22 +46,26 @@ def build_servicer(
     band_gap_models: Path | None = None,
     threads: int | None = 1,
     max_batch_rows: int | None = None,
+    conductivity_models: Path | None = None,
 ) -> Servicer:
     """Load the resources of service ``name`` and return its servicer.
 
     Args:
-        name: ``"substitution"`` or ``"composition"``.
-        prototype_sources: prototype sets the substitution service serves by name (each a
-            :func:`~htvs.prototypes.load_prototypes` spec: ``"bundled"``, ``"mp"``, a folder).
+        name: ``"substitution"``, ``"composition"``, ``"structure"`` or ``"conductivity"``.
+        prototype_sources: prototype sets the substitution and structure services serve by
+            name (each a :func:`~htvs.prototypes.load_prototypes` spec: ``"bundled"``, ``"mp"``,
+            a folder).
         e_form_models, band_gap_models: ensemble folders (default: the shipped models).
         threads: onnxruntime intra-op threads per model (default 1: a server's parallelism comes
             from concurrent calls; onnxruntime's own thread pool per call made small batches
             ~10x slower on a busy 2-core machine. None: onnxruntime's default).
         max_batch_rows: most rows per request (None: the servicer's default).
+        conductivity_models: conductivity ensemble folder with its ``model_card.json``
+            (default: the shipped model).
 
     Raises:
         InvalidInput: unknown or not yet available service.
-        ModelNotReady: a composition model is missing.
+        ModelNotReady: a composition or conductivity model is missing.
     """
     check_service_name(name)
     if name == "substitution":
@@ -71,6 +75,20 @@ def build_servicer(
         sets = {spec: load_prototypes(spec) for spec in prototype_sources}
         limits = {} if max_batch_rows is None else {"max_prototypes": max_batch_rows}
         return SubstitutionServicer(sets, **limits)
+    if name == "structure":
+        from htvs.grpc.structure_service import StructureServicer
+        from htvs.prototypes import load_prototypes
+
+        sets = {spec: load_prototypes(spec) for spec in prototype_sources}
+        limits = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}
+        return StructureServicer(sets, **limits)
+    if name == "conductivity":
+        from htvs.conductivity.predict import load_ensemble as load_conductivity_ensemble
+        from htvs.grpc.conductivity_service import ConductivityServicer
+
+        ensemble = load_conductivity_ensemble(conductivity_models)
+        limits = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}
+        return ConductivityServicer(ensemble, **limits)
     from htvs.composition.ship import load_ensemble
     from htvs.grpc.composition_service import CompositionServicer
     from htvs.thermo import ReferenceHull
@@ -97,8 +115,7 @@ def serve(
     """Serve ``name`` on ``host:port`` until SIGTERM or SIGINT, then stop gracefully.
 
     Args:
-        name: ``"substitution"`` or ``"composition"``; ``structure``, ``conductivity`` and
-            ``dft`` are refused as not yet available.
+        name: one of :data:`AVAILABLE_SERVICES`; ``dft`` is refused as not yet available.
         port: gRPC port (0: a free one, reported to ``ready`` and in the log).
         metrics_port: Prometheus ``/metrics`` port (None: no endpoint; 0: a free one).
         host: interface to bind.

@@ -1,0 +1,335 @@
+"""``htvs.v1.StructureService``: stage 4 (materialize substituted structures, deduplicate) over gRPC.
+
+Which errors are per row and which refuse the whole request:
+
+* Whole request (INVALID_ARGUMENT, nothing computed): an empty batch, a batch above
+  ``max_batch_rows``, a non-empty ``store_key``, in Materialize both or neither of inline
+  prototypes and ``prototype_set``, an inline prototype that cannot be read or is disordered, or
+  two inline prototypes with one id; in Deduplicate a bad tolerance. An unknown
+  ``prototype_set`` is NOT_FOUND.
+* Per row (a ``RowError``, status OK, the other rows computed): what
+  :func:`~htvs.structures.materialize` reports per row (unknown prototype id, species not in
+  the prototype, unknown element, formula mismatch), and what
+  :func:`~htvs.structures.deduplicate` refuses (unreadable, disordered, empty, non-finite
+  structure, repeated id).
+
+Structures travel as CIF text or pymatgen JSON (:class:`StructureData`); the helpers
+:func:`structure_from_proto` and :func:`structure_to_proto` are shared with the conductivity
+service. Prototype sets served by name (``"bundled"``) are loaded once, before the server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import grpc
+import pandas as pd
+from pymatgen.core import Structure
+
+from htvs.errors import DataNotFound, HTVSError, InvalidInput
+from htvs.grpc.gen import common_pb2
+from htvs.grpc.gen import structure_pb2 as pb
+from htvs.grpc.gen import structure_pb2_grpc as pb_grpc
+from htvs.grpc.gen import substitution_pb2
+from htvs.grpc.server import report_rows
+from htvs.prototypes.records import Prototype, PrototypeSet
+from htvs.structures import (
+    DedupeConfig,
+    MaterializeConfig,
+    MaterializedStructure,
+    MaterializeError,
+    VolumeRescaling,
+    deduplicate,
+    materialize,
+)
+
+#: Default largest number of rows (substitutions, structures, inline prototypes) per request.
+DEFAULT_MAX_BATCH_ROWS = 10_000
+
+_RESCALING = {
+    pb.VOLUME_RESCALING_UNSPECIFIED: VolumeRescaling.IONIC_RADII,
+    pb.VOLUME_RESCALING_NONE: VolumeRescaling.NONE,
+    pb.VOLUME_RESCALING_IONIC_RADII: VolumeRescaling.IONIC_RADII,
+}
+
+
+# --------------------------------------------------------------------------- structures as text
+
+
+def structure_from_proto(message: pb.StructureData, what: str = "structure") -> Structure:
+    """The pymatgen structure of a :class:`StructureData` (first data block of a CIF).
+
+    Args:
+        message: the structure with its id.
+        what: how to name the item in error messages, e.g. ``"structures[3]"``.
+
+    Raises:
+        InvalidInput: no content, or text that is not a readable CIF / pymatgen JSON; the
+            message names the item and its id.
+    """
+    from htvs.prototypes.readers import parse_cif, structure_from_json
+
+    label = f"{what} ({message.id!r})" if message.id else what
+    content = message.WhichOneof("content")
+    try:
+        if content == "cif":
+            return parse_cif(message.cif)[0]
+        if content == "pymatgen_json":
+            try:
+                obj = json.loads(message.pymatgen_json)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"invalid JSON: {exc}") from exc
+            return structure_from_json(obj)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{label}: {exc}") from exc
+    raise InvalidInput(f"{label} has neither cif nor pymatgen_json")
+
+
+def structure_to_proto(item_id: str, structure: Structure, output_format: int) -> pb.StructureData:
+    """A :class:`StructureData` of ``structure`` as CIF (default, P1) or pymatgen JSON."""
+    if output_format == pb.STRUCTURE_FORMAT_PYMATGEN_JSON:
+        return pb.StructureData(id=item_id, pymatgen_json=json.dumps(structure.as_dict()))
+    if output_format not in (pb.STRUCTURE_FORMAT_UNSPECIFIED, pb.STRUCTURE_FORMAT_CIF):
+        raise InvalidInput(f"output_format {output_format} is not a known StructureFormat")
+    from pymatgen.io.cif import CifWriter
+
+    return pb.StructureData(id=item_id, cif=str(CifWriter(structure)))
+
+
+def _row_error(index: int, value: str, message: str, kind: str = "InvalidInput") -> common_pb2.RowError:
+    return common_pb2.RowError(index=index, value=value, message=message, kind=kind)
+
+
+# --------------------------------------------------------------------------- request -> stage inputs
+
+
+def materialize_config_from_proto(message: pb.MaterializeOptions) -> MaterializeConfig:
+    """The stage's :class:`MaterializeConfig`; unset fields take its defaults.
+
+    Raises:
+        InvalidInput: an unknown VolumeRescaling value.
+    """
+    if message.rescale_volume not in _RESCALING:
+        raise InvalidInput(f"options.rescale_volume {message.rescale_volume} is not a known VolumeRescaling")
+    defaults = MaterializeConfig()
+    check = message.check_formula if message.HasField("check_formula") else defaults.check_formula
+    return MaterializeConfig(rescale_volume=_RESCALING[message.rescale_volume], check_formula=check)
+
+
+def dedupe_config_from_proto(message: pb.DedupeOptions) -> DedupeConfig:
+    """The stage's :class:`DedupeConfig`; unset fields take its defaults.
+
+    Raises:
+        InvalidInput: a tolerance that is not a positive finite number, named with its value.
+    """
+    values: dict[str, object] = {}
+    for field, name in (("ltol", "ltol"), ("stol", "stol"), ("angle_tol_deg", "angle_tol")):
+        if message.HasField(field):
+            value = getattr(message, field)
+            if not math.isfinite(value) or value <= 0:
+                raise InvalidInput(f"options.{field} must be a positive number, got {value!r}")
+            values[name] = value
+    for name in ("attempt_supercell", "group_by_space_group"):
+        if message.HasField(name):
+            values[name] = getattr(message, name)
+    return DedupeConfig(**values)
+
+
+def substitution_frame(substitutions: Sequence[substitution_pb2.Substitution]) -> pd.DataFrame:
+    """Stage 1's table shape (``prototype_id``, ``formula``, ``from_j``/``to_j``) of Substitution messages.
+
+    Empty strings become nulls, so the stage reports a missing prototype id or an incomplete
+    pair by name; an empty ``formula`` is not checked.
+    """
+    width = max(1, max(len(s.replacements) for s in substitutions))
+    records = []
+    for substitution in substitutions:
+        record: dict[str, object] = {
+            "prototype_id": substitution.prototype_id or None,
+            "formula": substitution.formula or None,
+        }
+        for j in range(width):
+            if j < len(substitution.replacements):
+                pair = substitution.replacements[j]
+                record[f"from_{j}"], record[f"to_{j}"] = pair.from_element or None, pair.to_element or None
+            else:
+                record[f"from_{j}"] = record[f"to_{j}"] = None
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def inline_prototypes(messages: Sequence[pb.StructureData]) -> dict[str, Prototype]:
+    """Prototypes of the request's inline structures (oxidation states removed).
+
+    Raises:
+        InvalidInput: an empty or repeated id, a structure that cannot be read, or a disordered
+            one; the message names the prototype.
+    """
+    from htvs.prototypes.filters import disorder_reason, element_structure
+
+    out: dict[str, Prototype] = {}
+    for i, message in enumerate(messages):
+        what = f"prototypes[{i}]"
+        if not message.id:
+            raise InvalidInput(f"{what} has no id")
+        if message.id in out:
+            raise InvalidInput(f"{what}: prototype id {message.id!r} is given twice")
+        structure = structure_from_proto(message, what)
+        try:
+            structure = element_structure(structure)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{what} ({message.id!r}): {exc}") from exc
+        if not structure.is_ordered:
+            raise InvalidInput(
+                f"{what} ({message.id!r}) is {disorder_reason(structure)}; a prototype must be ordered"
+            )
+        out[message.id] = Prototype.from_structure(message.id, "inline", structure)
+    return out
+
+
+# --------------------------------------------------------------------------- servicer
+
+
+class StructureServicer(pb_grpc.StructureServiceServicer):
+    """Serves :func:`~htvs.structures.materialize` and :func:`~htvs.structures.deduplicate`.
+
+    Args:
+        prototype_sets: named prototype sets loaded before the server starts (e.g.
+            ``{"bundled": load_prototypes("bundled")}``); Materialize may use them by name.
+        max_batch_rows: most substitutions, structures or inline prototypes per request.
+    """
+
+    service_name = pb.DESCRIPTOR.services_by_name["StructureService"].full_name
+
+    def __init__(
+        self,
+        prototype_sets: Mapping[str, PrototypeSet] | None = None,
+        *,
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    ) -> None:
+        if max_batch_rows < 1:
+            raise InvalidInput(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        self._sets = {
+            name: {p.id: p for p in loaded.prototypes} for name, loaded in (prototype_sets or {}).items()
+        }
+        self.max_batch_rows = int(max_batch_rows)
+
+    def add_to_server(self, server: grpc.Server) -> None:
+        pb_grpc.add_StructureServiceServicer_to_server(self, server)
+
+    def _check_batch(self, request, n_rows: int, field: str) -> None:
+        kind = type(request).__name__
+        if request.store_key:
+            raise InvalidInput(
+                f"{kind}.store_key {request.store_key!r}: store keys are not supported yet; send rows inline"
+            )
+        if n_rows == 0:
+            raise InvalidInput(f"{kind}.{field} is empty; send 1 to {self.max_batch_rows} rows")
+        if n_rows > self.max_batch_rows:
+            raise InvalidInput(
+                f"{kind}.{field} has {n_rows} rows, more than this server's limit of "
+                f"{self.max_batch_rows}; split the batch"
+            )
+
+    def _prototypes(self, request: pb.MaterializeRequest) -> Mapping[str, Prototype]:
+        n_inline = len(request.prototypes)
+        if request.prototype_set and n_inline:
+            raise InvalidInput(f"give prototypes or prototype_set {request.prototype_set!r}, not both")
+        if request.prototype_set:
+            if request.prototype_set not in self._sets:
+                raise DataNotFound(
+                    f"no prototype set {request.prototype_set!r} on this server "
+                    f"(available: {sorted(self._sets) or 'none'})"
+                )
+            return self._sets[request.prototype_set]
+        if n_inline == 0:
+            raise InvalidInput("MaterializeRequest has no prototypes and no prototype_set")
+        if n_inline > self.max_batch_rows:
+            raise InvalidInput(
+                f"MaterializeRequest has {n_inline} inline prototypes, more than this server's limit of "
+                f"{self.max_batch_rows}"
+            )
+        return inline_prototypes(request.prototypes)
+
+    # -- RPCs -------------------------------------------------------------------------------
+
+    def Materialize(self, request: pb.MaterializeRequest, context) -> pb.MaterializeResponse:
+        self._check_batch(request, len(request.substitutions), "substitutions")
+        config = materialize_config_from_proto(request.options)
+        if request.output_format not in pb.StructureFormat.values():
+            raise InvalidInput(f"output_format {request.output_format} is not a known StructureFormat")
+        prototypes = self._prototypes(request)
+        results = materialize(prototypes, substitution_frame(request.substitutions), config)
+        response = pb.MaterializeResponse()
+        n_errors = 0
+        for index, (given, result) in enumerate(zip(request.substitutions, results, strict=True)):
+            if isinstance(result, MaterializeError):
+                n_errors += 1
+                response.rows.add(
+                    id=result.id,
+                    prototype_id=result.prototype_id,
+                    replacements=given.replacements,
+                    error=_row_error(index, result.id, result.error, result.kind),
+                )
+                continue
+            assert isinstance(result, MaterializedStructure)
+            response.rows.add(
+                id=result.id,
+                formula=result.formula,
+                prototype_id=result.prototype_id,
+                replacements=[
+                    substitution_pb2.Replacement(from_element=a, to_element=b) for a, b in result.substitution
+                ],
+                volume_scale=result.volume_scale,
+                structure=structure_to_proto(result.id, result.structure, request.output_format),
+            )
+        response.n_materialized = len(results) - n_errors
+        response.n_errors = n_errors
+        report_rows(len(results), n_errors)
+        return response
+
+    def Deduplicate(self, request: pb.DeduplicateRequest, context) -> pb.DeduplicateResponse:
+        self._check_batch(request, len(request.structures), "structures")
+        config = dedupe_config_from_proto(request.options)
+        refused: list[common_pb2.RowError] = []
+        items: list[tuple[str, Structure]] = []
+        origin: list[int] = []  # request index of each item
+        for index, message in enumerate(request.structures):
+            what = f"structures[{index}]"
+            if not message.id:
+                refused.append(_row_error(index, "", f"{what} has no id"))
+                continue
+            try:
+                structure = structure_from_proto(message, what)
+            except HTVSError as exc:
+                refused.append(_row_error(index, message.id, str(exc), type(exc).__name__))
+                continue
+            items.append((message.id, structure))
+            origin.append(index)
+        result = deduplicate(items, config)
+        for item in result.refused:
+            index = origin[item.index]
+            refused.append(_row_error(index, item.id, f"structures[{index}] ({item.id!r}): {item.error}"))
+        refused.sort(key=lambda e: e.index)
+        first_index: dict[str, int] = {}
+        for (item_id, _), index in zip(items, origin, strict=True):
+            first_index.setdefault(item_id, index)
+        unique_ids = result.unique_ids
+        response = pb.DeduplicateResponse(
+            unique_ids=unique_ids,
+            duplicates=[pb.Duplicate(id=d, duplicate_of=r) for d, r in result.duplicate_of.items()],
+            refused=refused,
+            counts=pb.DedupeCounts(
+                n_in=len(request.structures),
+                n_out=result.n_out,
+                n_removed=result.n_removed,
+                n_refused=len(refused),
+                n_comparisons=result.n_comparisons,
+            ),
+        )
+        if request.include_structures:
+            response.unique.extend(request.structures[first_index[i]] for i in unique_ids)
+        report_rows(len(request.structures), len(refused))
+        return response
