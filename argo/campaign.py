@@ -3,7 +3,7 @@
 The DAG runs one container per campaign step, every step reading and writing the same object store
 (``s3://bucket/prefix``)::
 
-    prototypes -> substitute -> shards -> predict (one pod per shard, withParam) -> screen -> structures -> report
+    prototypes -> substitute -> shards -> predict (one pod per shard, withParam) -> screen -> structures -> conductivity -> report
 
 * The campaign YAML comes from a ConfigMap (parameter ``config-map``, key ``campaign.yaml``) mounted
   read-only at ``/config/campaign.yaml``.
@@ -162,7 +162,7 @@ def build_template() -> WorkflowTemplate:
         labels={"app.kubernetes.io/name": "htvs", "app.kubernetes.io/component": "campaign"},
         annotations={
             "workflows.argoproj.io/description": (
-                "htvs screening campaign: prototypes -> substitute -> predict (sharded, GPU) -> screen -> structures -> report"
+                "htvs screening campaign: prototypes -> substitute -> predict (sharded, GPU) -> screen -> structures -> conductivity -> report"
             )
         },
         entrypoint="campaign",
@@ -214,6 +214,11 @@ def build_template() -> WorkflowTemplate:
             ["campaign", "stage", "structures", *_common_args()],
             resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
         )
+        conductivity = _stage(
+            "conductivity",
+            ["campaign", "stage", "conductivity", *_common_args()],
+            resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
+        )
         report = _stage("report", ["campaign", "stage", "report", *_common_args()])
 
         with DAG(name="campaign"):
@@ -227,8 +232,10 @@ def build_template() -> WorkflowTemplate:
             )
             t_screen = screen(name="screen")
             t_structures = structures(name="structures")
+            t_conductivity = conductivity(name="conductivity")
             t_report = report(name="report")
-            t_prototypes >> t_substitute >> t_shards >> t_predict >> t_screen >> t_structures >> t_report
+            (t_prototypes >> t_substitute >> t_shards >> t_predict >> t_screen >> t_structures >> t_conductivity
+             >> t_report)
     return template
 
 

@@ -135,7 +135,7 @@ def test_metadata_and_entrypoint(workflow_template: dict) -> None:
 
 def test_every_template_retries_with_exponential_backoff(workflow_template: dict) -> None:
     containers = [t for t in workflow_template["spec"]["templates"] if "container" in t]
-    assert {t["name"] for t in containers} == {"prototypes", "substitute", "shards", "predict", "screen", "structures", "report"}
+    assert {t["name"] for t in containers} == {"prototypes", "substitute", "shards", "predict", "screen", "structures", "conductivity", "report"}
     for template in containers:
         retry = template.get("retryStrategy")
         assert retry, f"{template['name']} has no retryStrategy"
@@ -200,7 +200,7 @@ def test_dag_fans_out_predict_over_shards_and_fans_in(workflow_template: dict) -
     tasks = {task["name"]: task for task in dag["tasks"]}
     assert tasks["predict"]["withParam"] == "{{tasks.shards.outputs.result}}"
     assert tasks["predict"]["arguments"]["parameters"] == [{"name": "shard", "value": "{{item}}"}]
-    order = ["prototypes", "substitute", "shards", "predict", "screen", "structures", "report"]
+    order = ["prototypes", "substitute", "shards", "predict", "screen", "structures", "conductivity", "report"]
     assert "depends" not in tasks["prototypes"]
     for before, after in zip(order, order[1:]):
         assert tasks[after]["depends"] == before

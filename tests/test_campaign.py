@@ -26,7 +26,8 @@ from tiny_models import tiny_model_pair
 FOLDER = Path(__file__).parent / "data" / "prototypes" / "folder"
 OUTPUTS = (
     "substitutions.parquet", "formulas.parquet", "prototypes.parquet", "predictions.parquet",
-    "screen.parquet", "structures.parquet", "funnel.json", "candidates.csv",
+    "screen.parquet", "structures.parquet", "conductivity.parquet", "funnel.json", "candidates.csv",
+    "structure_candidates.csv",
 )  # fmt: skip
 
 
@@ -78,6 +79,14 @@ def test_campaign_outputs_and_funnel(tmp_path: Path, models) -> None:
     assert len(representatives) == funnel["unique_structures"]
     assert representatives["cif"].str.contains("_cell_length_a").all()
     assert set(structures["duplicate_of"].dropna()) <= set(representatives["id"])
+    # stage 6: the shipped conductivity ensemble scores every representative
+    scored = pd.read_parquet(tmp_path / "out" / "conductivity.parquet")
+    assert set(scored["id"]) == set(representatives["id"])
+    assert funnel["scored_structures"] == scored["error"].isna().sum() > 0
+    assert scored["p_superionic"].dropna().between(0, 1).all() and (scored["log10_sigma_std"].dropna() >= 0).all()
+    assert list(scored["p_superionic"].dropna()) == sorted(scored["p_superionic"].dropna(), reverse=True)
+    shortlist = pd.read_csv(tmp_path / "out" / "structure_candidates.csv")
+    assert len(shortlist) == funnel["superionic_shortlist"] == (scored["p_superionic"] >= 0.5).sum()
     assert list(funnel) == [k for k in FUNNEL_ORDER if k in funnel]
 
 
@@ -95,6 +104,9 @@ def test_rerun_is_all_cache_hits(tmp_path: Path, models) -> None:
 
         def screen(self, *args):
             raise AssertionError("screen ran again")
+
+        def conductivity(self, *args):
+            raise AssertionError("conductivity ran again")
 
     run_campaign(config, store, tmp_path / "out2", backend=Refusing())
     for name in OUTPUTS:

@@ -64,6 +64,18 @@ class StructuresSection(_Section):
     max_structures: int = Field(200_000, ge=0)
 
 
+class ConductivitySection(_Section):
+    """Stage 6: the conductivity GNN ensemble on the unique structures.
+
+    ``min_p_superionic`` is the shortlist threshold on P(sigma(300 K) >= 1e-4 S/cm).
+    """
+
+    models: Path | None = None  # null = the shipped ensemble in src/htvs/models/conductivity
+    min_p_superionic: float = Field(0.5, ge=0.0, le=1.0)
+    max_atoms: int = Field(500, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=10_000)
+
+
 class CampaignConfig(_Section):
     """One screening campaign."""
 
@@ -73,6 +85,7 @@ class CampaignConfig(_Section):
     composition: CompositionSection = CompositionSection()
     screening: ScreeningSection = ScreeningSection()
     structures: StructuresSection = StructuresSection()
+    conductivity: ConductivitySection = ConductivitySection()
 
     @field_validator("name")
     @classmethod
@@ -110,6 +123,11 @@ def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> C
             path = folder if folder.is_absolute() else base / folder
             if not (path / "model_card.json").is_file():
                 raise InvalidInput(f"composition.{key}: no model_card.json in {path}")
+    folder = config.conductivity.models
+    if folder is not None:
+        path = folder if folder.is_absolute() else base / folder
+        if not (path / "model_card.json").is_file():
+            raise InvalidInput(f"conductivity.models: no model_card.json in {path}")
     source = config.prototypes.source
     if source not in ("bundled", "mp"):
         path = Path(source) if Path(source).is_absolute() else base / source
@@ -181,4 +199,9 @@ def resolve_paths(config: CampaignConfig, base: Path) -> CampaignConfig:
     if source not in ("bundled", "mp") and not Path(source).is_absolute():
         source = str(base / source)
     prototypes = config.prototypes.model_copy(update={"source": source})
-    return config.model_copy(update={"composition": composition, "prototypes": prototypes})
+    models = config.conductivity.models
+    conductivity = config.conductivity.model_copy(
+        update={"models": base / models if models is not None and not models.is_absolute() else models}
+    )
+    return config.model_copy(update={"composition": composition, "prototypes": prototypes,
+                                     "conductivity": conductivity})

@@ -20,6 +20,7 @@ from htvs.campaign.stages import (
     InProcessBackend,
     StageBackend,
     _output,
+    run_conductivity,
     run_predict_shard,
     run_prototypes,
     run_screen,
@@ -29,7 +30,7 @@ from htvs.campaign.stages import (
 from htvs.errors import InvalidInput
 from htvs.store import ArtifactStore, StageManifest
 
-STEPS = ("prototypes", "substitute", "predict", "screen", "structures", "report")
+STEPS = ("prototypes", "substitute", "predict", "screen", "structures", "conductivity", "report")
 #: Files the runner leaves in the output directory.
 OUTPUT_FILES = (
     "substitutions.parquet",
@@ -38,8 +39,10 @@ OUTPUT_FILES = (
     "predictions.parquet",
     "screen.parquet",
     "structures.parquet",
+    "conductivity.parquet",
     "funnel.json",
     "candidates.csv",
+    "structure_candidates.csv",
 )
 
 Progress = Callable[[str, int, int], None]
@@ -54,6 +57,8 @@ FUNNEL_ORDER = (
     "oxidation_window",
     "structures",
     "unique_structures",
+    "scored_structures",
+    "superionic_shortlist",
 )
 
 
@@ -80,6 +85,7 @@ class CampaignManifests:
     predicted: tuple[StageManifest, ...]
     screened: StageManifest
     structures: StageManifest | None = None
+    conductivity: StageManifest | None = None
 
 
 def run_step(
@@ -129,6 +135,12 @@ def run_step(
     manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures)
     if step == "structures":
         return manifests
+    progress("conductivity", 0, 1)
+    conductivity = run_conductivity(store, config, structures, backend, progress)
+    progress("conductivity", 1, 1)
+    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures, conductivity)
+    if step == "conductivity":
+        return manifests
     write_report(store, config, manifests)
     return manifests
 
@@ -152,6 +164,15 @@ def write_report(store: ArtifactStore, config: CampaignConfig, manifests: Campai
     )
     candidates = candidates.sort_values(["phi_ox", "e_above_hull"], ascending=[False, True])
     prefix = report_prefix(config)
+    if manifests.conductivity is not None:
+        funnel["scored_structures"] = manifests.conductivity.row_counts["scored_structures"]
+        funnel["superionic_shortlist"] = manifests.conductivity.row_counts["superionic_shortlist"]
+        scored = store.get_table(_output(manifests.conductivity, "conductivity.parquet")).to_pandas()
+        shortlist = scored[scored["shortlisted"]].drop(columns=["shortlisted", "error"])
+        shortlist = shortlist.merge(candidates, on="formula", how="left")
+        text = io.StringIO()
+        shortlist.to_csv(text, index=False, float_format="%.6g")
+        store.put_bytes(f"{prefix}/structure_candidates.csv", text.getvalue().encode())
     store.put_json(f"{prefix}/funnel.json", funnel)
     buffer = io.StringIO()
     candidates.to_csv(buffer, index=False, float_format="%.6g")
@@ -184,6 +205,9 @@ def run_campaign(
     copies["screen.parquet"] = _output(manifests.screened, "screen.parquet")
     if manifests.structures is not None:
         copies["structures.parquet"] = _output(manifests.structures, "structures.parquet")
+    if manifests.conductivity is not None:
+        copies["conductivity.parquet"] = _output(manifests.conductivity, "conductivity.parquet")
+        copies["structure_candidates.csv"] = f"{report_prefix(config)}/structure_candidates.csv"
     copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
     for name, key in copies.items():
         _write_atomic(out_dir / name, store.get_bytes(key))

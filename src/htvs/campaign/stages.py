@@ -35,6 +35,8 @@ class StageBackend(Protocol):
 
     def screen(self, predictions: pd.DataFrame, config: CampaignConfig): ...
 
+    def conductivity(self, items: list[tuple[str, str]], config: CampaignConfig) -> list: ...
+
 
 @dataclass
 class InProcessBackend:
@@ -42,6 +44,7 @@ class InProcessBackend:
 
     _models: tuple | None = None
     _hull: object | None = None
+    _conductivity: object | None = None
 
     def substitute(self, patterns, config):
         from htvs.substitution import enumerate_substitutions
@@ -63,6 +66,16 @@ class InProcessBackend:
         return screen_compositions(
             predictions, self._hull, CompositionScreenConfig(**config.screening.model_dump())
         )
+
+    def conductivity(self, items: list[tuple[str, str]], config: CampaignConfig) -> list:
+        """Stage 6 on ``(id, CIF text)`` items: ConductivityPrediction or ConductivityError each."""
+        from htvs.conductivity.predict import ConductivityConfig, load_ensemble, predict_conductivity
+
+        if self._conductivity is None:
+            self._conductivity = load_ensemble(config.conductivity.models)
+        section = config.conductivity
+        return predict_conductivity(items, self._conductivity,
+                                    ConductivityConfig(max_atoms=section.max_atoms, batch_size=section.batch_size))
 
     def models(self, config: CampaignConfig):
         from htvs.composition.ship import load_ensemble
@@ -89,6 +102,16 @@ def model_versions(config: CampaignConfig) -> dict[str, str]:
         card = (folder or shipped_model_dir(target)) / "model_card.json"
         out[target] = hashlib.sha256(card.read_bytes()).hexdigest() if card.is_file() else "missing"
     return out
+
+
+def conductivity_model_version(config: CampaignConfig) -> dict[str, str]:
+    """sha256 of the conductivity model card: part of stage 6's cache key."""
+    import hashlib
+
+    from htvs.conductivity.predict import CARD_NAME, default_model_dir
+
+    card = (config.conductivity.models or default_model_dir()) / CARD_NAME
+    return {"conductivity": hashlib.sha256(card.read_bytes()).hexdigest() if card.is_file() else "missing"}
 
 
 def run_prototypes(store: ArtifactStore, config: CampaignConfig) -> StageManifest:
@@ -290,3 +313,50 @@ def run_structures(
         return [table_key, errors_key], counts, timings
 
     return run_cached(store, "structures", section, keys, step)
+
+
+def run_conductivity(
+    store: ArtifactStore, config: CampaignConfig, structures: StageManifest, backend: StageBackend,
+    progress=None,
+) -> StageManifest:
+    """Stage 6: the GNN ensemble on every unique structure of stage 4.
+
+    Writes ``conductivity.parquet``: ``id``, ``formula``, ``prototype_id``, ``log10_sigma_mean``,
+    ``log10_sigma_std`` (log10 S/cm at 300 K), ``p_superionic`` (P(sigma >= 1e-4 S/cm)),
+    ``shortlisted`` (p_superionic >= conductivity.min_p_superionic) and ``error`` (null when
+    predicted); rows are sorted by ``p_superionic`` then ``log10_sigma_mean``, best first.
+    """
+    from htvs.conductivity.predict import ConductivityPrediction
+
+    section = config.conductivity
+    key = _output(structures, "structures.parquet")
+    chunk = 256
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        table = store.get_table(key).to_pandas()
+        unique = table[table["duplicate_of"].isna() & table["cif"].notna()].reset_index(drop=True)
+        records = []
+        for lo in range(0, len(unique), chunk):
+            part = unique.iloc[lo: lo + chunk]
+            records += backend.conductivity(list(zip(part["id"], part["cif"])), config)
+            if progress is not None:
+                progress("conductivity", min(lo + chunk, len(unique)), len(unique))
+        ok = [isinstance(r, ConductivityPrediction) for r in records]
+        frame = pd.DataFrame({
+            "id": unique["id"], "formula": unique["formula"], "prototype_id": unique["prototype_id"],
+            "log10_sigma_mean": [r.log10_sigma_mean if good else np.nan for r, good in zip(records, ok)],
+            "log10_sigma_std": [r.log10_sigma_std if good else np.nan for r, good in zip(records, ok)],
+            "p_superionic": [r.p_superionic if good else np.nan for r, good in zip(records, ok)],
+            "error": [None if good else r.error for r, good in zip(records, ok)],
+        })
+        frame["shortlisted"] = frame["p_superionic"].fillna(-1.0) >= section.min_p_superionic
+        frame = frame.sort_values(["p_superionic", "log10_sigma_mean"], ascending=False, na_position="last")
+        out = f"{prefix}/conductivity.parquet"
+        store.put_table(out, pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False))
+        counts = {"scored_structures": int(sum(ok)), "superionic_shortlist": int(frame["shortlisted"].sum()),
+                  "errors": int(len(ok) - sum(ok))}
+        return [out], counts, {"conductivity": time.perf_counter() - start}
+
+    return run_cached(store, "conductivity", section, [key], step,
+                      model_versions=conductivity_model_version(config))
