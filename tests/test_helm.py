@@ -248,7 +248,7 @@ def test_services_have_grpc_probes_and_ports(rendered: dict[str, list[dict]], ca
 def test_default_install(rendered: dict[str, list[dict]]) -> None:
     objects = rendered["default"]
     components = {n.removeprefix(f"{FULLNAME}-") for n in kinds(objects, "Deployment")}
-    assert components == {"substitution", "composition"}  # structure/conductivity/dft off by default
+    assert components == {"substitution", "composition", "structure", "conductivity"}  # dft is opt-in
     assert set(kinds(objects, "HorizontalPodAutoscaler")) == {f"{FULLNAME}-{c}" for c in components}
     assert set(kinds(objects, "PodDisruptionBudget")) == {f"{FULLNAME}-{c}" for c in components}
     for deployment in kinds(objects, "Deployment").values():
