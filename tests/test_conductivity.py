@@ -98,9 +98,14 @@ def test_tiny_ensemble_trains_resumes_and_ships(tmp_path, small_cifs):
     without_cif = train_all[~train_all["ID"].isin(ids)].head(4)
     frame = with_cif.head(6)._append(without_cif)
     test_frame = with_cif.tail(2)._append(train_all[~train_all["ID"].isin(ids)].tail(2))
-    config = ConductivityTrainConfig(model=TINY, n_models=2, max_epochs=2, batch_size=4, threads=1)
+    config = ConductivityTrainConfig(model=TINY, n_models=2, max_epochs=2, batch_size=4, threads=1, cv_folds=2,
+                                     forest_trees=10)
     metrics = train_ensemble(tmp_path / "run", config, frame, test_frame, small_cifs, log=lambda s: None)
-    assert set(metrics["test"]) == {"model", "train_mean", "random_forest"}
+    assert set(metrics["test"]) == {"model", "gnn_ensemble", "forest", "train_mean", "random_forest"}
+    blend = metrics["blend"]
+    assert 0.0 <= blend["gnn_weight"] <= 1.0 and blend["cv"]["n"] == len(frame)
+    best = min(v["mae_log10_sigma"] for v in blend["cv"]["by_gnn_weight"].values())
+    assert blend["cv"]["by_gnn_weight"][str(blend["gnn_weight"])]["mae_log10_sigma"] == best
     assert [m["epochs"] for m in metrics["members"]] == [2, 2]
     assert (tmp_path / "run" / "metrics.json").exists()
 
@@ -125,6 +130,8 @@ def test_tiny_ensemble_trains_resumes_and_ships(tmp_path, small_cifs):
     assert len(ensemble.models) == 2
     shipped = json.loads(card.read_text())
     assert shipped["onnx_max_abs_diff"] < 1e-4  # the ONNX members compute what the torch ones do
+    # the shipped predictor carries the forest and the CV-chosen weight
+    assert ensemble.forest is not None and ensemble.gnn_weight == blend["gnn_weight"]
     (card.parent / "member_1.onnx").write_bytes(b"tampered")
     with pytest.raises(ModelNotReady, match="sha256"):
         load_ensemble(card.parent)
@@ -175,6 +182,21 @@ def test_onnx_member_matches_torch_with_repeated_indices(tmp_path, li2o, li_half
     np.testing.assert_allclose(OnnxMember(path)(arrays), TorchMember(model)(arrays), atol=1e-4)
     empty = collate_arrays([None], [graphs[0].global_features])  # zero nodes, zero edges
     np.testing.assert_allclose(OnnxMember(path)(empty), TorchMember(model)(empty), atol=1e-5)
+
+
+def test_forest_onnx_matches_scikit_learn(tmp_path):
+    from htvs.conductivity.forest import ForestConfig, OnnxForest, export_forest, fit_forest
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 12))
+    y = x[:, 0] * 2 - 4 + rng.normal(scale=0.3, size=120)  # both classes around log10 sigma = -4
+    forest = fit_forest(x, y, ForestConfig(n_estimators=20))
+    export_forest(forest, tmp_path)
+    reg, p = forest.predict(x[:30])
+    onnx_reg, onnx_p = OnnxForest(tmp_path).predict(x[:30])
+    np.testing.assert_allclose(onnx_reg, reg, atol=1e-4)
+    np.testing.assert_allclose(onnx_p, p, atol=1e-5)
+    assert 0 < p.mean() < 1
 
 
 def test_shipped_ensemble_predicts_bundled_cif(tmp_path):

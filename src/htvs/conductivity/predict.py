@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,11 +85,16 @@ class ConductivityEnsemble:
             are accepted too and wrapped in :class:`~htvs.conductivity.onnx_export.TorchMember`.
         graph_config: how structures become graphs (must match training).
         card: the model card.
+        forest: the random-forest half of the blend (``predict(global_features) -> (log10 sigma,
+            P)``), or None for the GNN members alone.
+        gnn_weight: weight ``w`` of the GNN mean in ``w * GNN + (1 - w) * forest``.
     """
 
     models: list
     graph_config: GraphConfig
     card: dict = field(default_factory=dict)
+    forest: object | None = None
+    gnn_weight: float = 1.0
 
     def __post_init__(self) -> None:
         from htvs.conductivity.onnx_export import TorchMember
@@ -126,13 +132,18 @@ def load_ensemble(directory: str | Path | None = None, threads: int | None = 1) 
     card = json.loads(card_path.read_text(encoding="utf-8"))
     if card.get("format") != CARD_FORMAT:
         raise ModelNotReady(f"{card_path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
-    models = []
-    for entry in card["models"]:
+    from htvs.conductivity.forest import OnnxForest
+
+    for entry in card["models"] + card.get("forest_files", []):
         path = root / entry["file"]
         if not path.is_file() or _sha256(path) != entry["sha256"]:
-            raise ModelNotReady(f"conductivity member {path} is missing or its sha256 does not match the card")
-        models.append(OnnxMember(path, threads))
-    return ConductivityEnsemble(models, GraphConfig(**card["graph_config"]), card)
+            raise ModelNotReady(f"conductivity model file {path} is missing or its sha256 does not match the card")
+    models = [OnnxMember(root / entry["file"], threads) for entry in card["models"]]
+    blend = card.get("blend")
+    if blend is None:
+        return ConductivityEnsemble(models, GraphConfig(**card["graph_config"]), card)
+    return ConductivityEnsemble(models, GraphConfig(**card["graph_config"]), card, OnnxForest(root, threads),
+                                float(blend["gnn_weight"]))
 
 
 def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -154,8 +165,12 @@ def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     graphs = list(build_graph_cache([], _GraphConfig(**config["graph"]), run_dir / "graphs.npz").values())[:64]
     check = collate_arrays(graphs + [None], [g.global_features for g in graphs] + [graphs[0].global_features])
     models, worst = [], 0.0
-    for stale in out.glob("member_*"):
+    for stale in [*out.glob("member_*"), *out.glob("forest_*")]:
         stale.unlink()
+    forest_files = []
+    for source in sorted((run_dir / "forest").glob("*.onnx")):
+        shutil.copyfile(source, out / source.name)
+        forest_files.append({"file": source.name, "sha256": _sha256(out / source.name)})
     for member in metrics["members"]:
         model = load_member(run_dir / f"model_{member['model']}" / "best.pt", ModelConfig.from_dict(config["model"]))
         path = export_member(model, out / f"member_{member['model']}.onnx")
@@ -165,7 +180,8 @@ def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         "format": CARD_FORMAT,
         "target": "log10 sigma(300 K) regression and P(sigma >= 1e-4 S/cm) classification",
         "units": "log10(S/cm)",
-        "loading": "onnxruntime; inputs as htvs.conductivity.graph.collate_arrays, output (entries, 2)",
+        "loading": ("onnxruntime; GNN members: inputs as htvs.conductivity.graph.collate_arrays, output (entries, 2); "
+                    "forest: skl2onnx TreeEnsemble graphs on the global descriptor vector"),
         "model_config": config["model"],
         "graph_config": config["graph"],
         "train_config": config,
@@ -173,6 +189,7 @@ def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         "onnx_max_abs_diff": worst,
         **metrics,
         "models": models,
+        "forest_files": forest_files,
     }
     path = out / CARD_NAME
     path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -245,6 +262,11 @@ def predict_conductivity(
         arrays = collate_arrays(chunk, [g.global_features for g in chunk])
         outs = np.stack([member(arrays) for member in ensemble.models])
         reg, prob = outs[:, :, 0], 1 / (1 + np.exp(-outs[:, :, 1]))
+        if ensemble.forest is not None:  # blend every member with the forest: the spread scales by w
+            w = ensemble.gnn_weight
+            forest_reg, forest_prob = ensemble.forest.predict(arrays["global_features"])
+            reg = w * reg + (1 - w) * forest_reg[None, :]
+            prob = w * prob + (1 - w) * forest_prob[None, :]
         for j, row in enumerate(rows[lo: lo + config.batch_size]):
             results[row] = ConductivityPrediction(
                 id=str(structures[row][0]),

@@ -32,6 +32,8 @@ import numpy as np
 
 from htvs.checkpoints import end_epoch, resume, save_atomic, write_json_atomic
 from htvs.conductivity.baselines import LOG10_THRESHOLD, mean_baseline, random_forest_baseline, score
+from htvs.conductivity.cv import grouped_cv
+from htvs.conductivity.forest import ForestConfig, export_forest, fit_forest
 from htvs.conductivity.graph import CrystalGraph, GraphConfig, build_graph, obelix_composition, table_global_features
 from htvs.conductivity.model import ModelConfig, build_model, collate
 from htvs.errors import InvalidInput
@@ -61,6 +63,10 @@ class ConductivityTrainConfig:
     rf_seed: int = 0
     val_grouping: str = "element_set"
     structure_dropout: float = 0.0
+    blend_weight: float | None = None
+    cv_folds: int = 5
+    forest_trees: int = 300
+    forest_min_leaf: int = 2
 
     def __post_init__(self) -> None:
         for name in ("n_models", "max_epochs", "batch_size", "threads"):
@@ -70,6 +76,10 @@ class ConductivityTrainConfig:
             raise InvalidInput(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.val_grouping not in VAL_GROUPINGS:
             raise InvalidInput(f"val_grouping must be one of {VAL_GROUPINGS}, got {self.val_grouping!r}")
+        if self.blend_weight is not None and not 0 <= self.blend_weight <= 1:
+            raise InvalidInput(f"blend_weight must be in [0, 1] or None (choose by CV), got {self.blend_weight}")
+        if self.cv_folds < 2:
+            raise InvalidInput(f"cv_folds must be >= 2, got {self.cv_folds}")
         if not 0 <= self.structure_dropout < 1:
             raise InvalidInput(f"structure_dropout must be in [0, 1), got {self.structure_dropout}")
 
@@ -143,16 +153,30 @@ def build_graph_cache(cifs, config: GraphConfig, path: Path | None = None, log: 
 
 
 def make_entries(frame, graphs: dict[str, CrystalGraph]) -> Entries:
-    """Entries of an OBELiX table; a CIF entry's global features come from its structure."""
+    """Entries of an OBELiX table; a CIF entry's global features come from its structure.
+
+    A CIF whose set of elements differs from the table's composition is not used (the entry
+    trains its global branch from the table row instead): 8 OBELiX CIFs lack sites of an element
+    of the measured compound, e.g. the Li of several Li-La-Ti-O perovskites or all of Li4SiS4's.
+    """
     ids, gs, gl, groups = [], [], [], []
     for _, row in frame.iterrows():
         graph = graphs.get(str(row["ID"]))
+        if graph is not None and not same_elements(graph.global_features, table_global_features(row)):
+            graph = None
         ids.append(str(row["ID"]))
         gs.append(graph)
         gl.append(graph.global_features if graph is not None else table_global_features(row))
         groups.append(element_set(row["Reduced Composition"]))
     return Entries(ids, gs, gl, frame["log10_sigma"].to_numpy(dtype=np.float32),
                    frame["sigma_censored"].to_numpy(dtype=bool), groups)
+
+
+def same_elements(features_a: np.ndarray, features_b: np.ndarray) -> bool:
+    """Whether two global-feature vectors have the same elements (their trailing atomic fractions)."""
+    from htvs.conductivity.graph import MAX_Z
+
+    return bool(np.array_equal(features_a[-MAX_Z:] > 0, features_b[-MAX_Z:] > 0))
 
 
 def element_set(formula: str) -> str:
@@ -271,7 +295,9 @@ def ensemble_predict(models, entries: Entries) -> tuple[np.ndarray, np.ndarray, 
 
 def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=None, test_frame=None,
                    cifs=None, log: Callable[[str], None] = print) -> dict:
-    """Train every member (resuming), then score model, train mean and RF on the test split."""
+    """Train every member (resuming), pick the blend weight by grouped CV (unless fixed), fit the
+    forest, export it to ``RUN/forest/``, then score the blend, the GNN ensemble alone, the forest
+    alone, the train mean and the table random forest on the test split."""
     from htvs.datasets import load_obelix, load_obelix_cifs
 
     run_dir = Path(run_dir)
@@ -292,13 +318,26 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         f"({int(test.has_structure.sum())} with CIF)")
     members = [train_member(run_dir, k, config, train, log) for k in range(config.n_models)]
     models = [load_member(run_dir / f"model_{m['model']}" / "best.pt", config.model) for m in members]
-    mean, std, prob = ensemble_predict(models, test)
+    gnn_mean, gnn_std, gnn_prob = ensemble_predict(models, test)
+    forest_config = ForestConfig(config.forest_trees, config.forest_min_leaf, config.rf_seed)
+    cv = None
+    weight = config.blend_weight
+    if weight is None:
+        cv = grouped_cv(run_dir, config, train, config.cv_folds, forest_config, log)
+        weight = cv["blend_weight"]
+    forest = fit_forest(np.stack(train.globals_), train.log10_sigma, forest_config)
+    export_forest(forest, run_dir / "forest")
+    forest_reg, forest_prob = forest.predict(np.stack(test.globals_))
+    mean = weight * gnn_mean + (1 - weight) * forest_reg
+    prob = weight * gnn_prob + (1 - weight) * forest_prob
+    std = weight * gnn_std
     base_mean = mean_baseline(train.log10_sigma, len(test))
     rf = random_forest_baseline(train_frame, test_frame, seed=config.rf_seed)
     truth = test.log10_sigma.astype(float)
     subsets = {"all": np.ones(len(test), bool), "with_cif": test.has_structure, "without_cif": ~test.has_structure}
     table = {}
-    for name, pred in {"model": (mean, prob), "train_mean": (base_mean.log10_sigma, base_mean.p_superionic),
+    for name, pred in {"model": (mean, prob), "gnn_ensemble": (gnn_mean, gnn_prob), "forest": (forest_reg, forest_prob),
+                       "train_mean": (base_mean.log10_sigma, base_mean.p_superionic),
                        "random_forest": (rf.log10_sigma, rf.p_superionic)}.items():
         table[name] = {s: score(pred[0][m], pred[1][m], truth[m]) for s, m in subsets.items() if m.any()}
     err = np.abs(mean - truth)
@@ -311,6 +350,14 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         "members": [{k: m[k] for k in ("model", "seed", "val_split_seed", "epochs", "best_val_mae")}
                     for m in members],
         "test": table,
+        "blend": {
+            "gnn_weight": weight,
+            "formula": "model = gnn_weight * mean(GNN members) + (1 - gnn_weight) * forest (log10 sigma and P)",
+            "chosen_by": (f"{config.cv_folds}-fold element-set-grouped CV on the train split" if cv is not None
+                          else "fixed in the training configuration"),
+            "cv": cv,
+            "forest": forest_config.to_dict(),
+        },
         "model_uncertainty": {"mean_std": float(std.mean()), "within_1_std": float(np.mean(err <= std)),
                               "within_2_std": float(np.mean(err <= 2 * std))},
     }
