@@ -38,16 +38,23 @@ def servers(models):
             max_batch_rows=100,  # forces the backend to split batches
         ),
     )
-    substitution.start()
-    composition.start()
-    yield f"127.0.0.1:{sub_port}", f"127.0.0.1:{comp_port}"
-    substitution.stop(0)
-    composition.stop(0)
+    from htvs.conductivity.predict import load_ensemble as load_conductivity
+    from htvs.grpc.conductivity_service import ConductivityServicer
+
+    conductivity, cond_port = create_server(
+        "127.0.0.1:0", ConductivityServicer(load_conductivity(), max_batch_rows=100)
+    )
+    for server in (substitution, composition, conductivity):
+        server.start()
+    yield f"127.0.0.1:{sub_port}", f"127.0.0.1:{comp_port}", f"127.0.0.1:{cond_port}"
+    for server in (substitution, composition, conductivity):
+        server.stop(0)
 
 
 def test_services_are_found_by_health_check(servers) -> None:
-    sub, comp = servers
+    sub, comp, cond = servers
     assert parse_services(f"{comp},{sub}") == {"substitution": sub, "composition": comp}
+    assert parse_services(f"{comp},{sub},{cond}")["conductivity"] == cond
     assert parse_services(f"substitution={sub},composition={comp}")["composition"] == comp
     with pytest.raises(InvalidInput, match="no address serves composition"):
         parse_services(sub)
@@ -68,4 +75,8 @@ def test_campaign_through_services_equals_in_process(tmp_path: Path, models, ser
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "remote" / name).read_bytes(), name
     a = pd.read_parquet(tmp_path / "local" / "screen.parquet")
     b = pd.read_parquet(tmp_path / "remote" / "screen.parquet")
+    pd.testing.assert_frame_equal(a, b, check_dtype=False, atol=1e-6)
+    a = pd.read_parquet(tmp_path / "local" / "conductivity.parquet")
+    b = pd.read_parquet(tmp_path / "remote" / "conductivity.parquet")
+    assert len(a) > 0
     pd.testing.assert_frame_equal(a, b, check_dtype=False, atol=1e-6)

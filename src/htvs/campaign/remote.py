@@ -23,7 +23,10 @@ from htvs.errors import InvalidInput, StageFailed
 SERVICE_NAMES = {
     "substitution": "htvs.v1.SubstitutionService",
     "composition": "htvs.v1.CompositionService",
+    "conductivity": "htvs.v1.ConductivityService",
 }
+#: Services --services must name; stage 6 runs in process when no conductivity service is given.
+REQUIRED_SERVICES = ("substitution", "composition")
 #: Rows per Predict/Screen call (the servers' default limit is 10,000).
 DEFAULT_CHUNK_ROWS = 4096
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -60,7 +63,7 @@ def parse_services(spec: str, timeout_s: float = 5.0) -> dict[str, str]:
             raise InvalidInput(f"--services: nothing serves htvs at {address!r} (health check failed)")
         for name in serving:
             found.setdefault(name, address)
-    missing = [n for n in SERVICE_NAMES if n not in found]
+    missing = [n for n in REQUIRED_SERVICES if n not in found]
     if missing:
         raise InvalidInput(f"--services: no address serves {', '.join(missing)} (got {spec!r})")
     return found
@@ -87,21 +90,56 @@ def _call(method, request, what: str, timeout_s: float):
 
 @dataclass
 class GrpcBackend:
-    """A :class:`~htvs.campaign.stages.StageBackend` calling SubstitutionService and CompositionService."""
+    """A :class:`~htvs.campaign.stages.StageBackend` calling SubstitutionService, CompositionService
+    and, when its address is given, ConductivityService (otherwise stage 6 runs in process)."""
 
     addresses: dict[str, str]
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     timeout_s: float = 600.0
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
+    _local: object | None = None
+
     def _stub(self, name: str):
-        from htvs.grpc.gen import composition_pb2_grpc, substitution_pb2_grpc
+        from htvs.grpc.gen import composition_pb2_grpc, conductivity_pb2_grpc, substitution_pb2_grpc
 
         if name not in self._channels:
             self._channels[name] = _channel(self.addresses[name])
-        module = substitution_pb2_grpc if name == "substitution" else composition_pb2_grpc
-        stub_class = module.SubstitutionServiceStub if name == "substitution" else module.CompositionServiceStub
+        stub_class = {
+            "substitution": substitution_pb2_grpc.SubstitutionServiceStub,
+            "composition": composition_pb2_grpc.CompositionServiceStub,
+            "conductivity": conductivity_pb2_grpc.ConductivityServiceStub,
+        }[name]
         return stub_class(self._channels[name])
+
+    def conductivity(self, items: list[tuple[str, str]], config) -> list:
+        """Stage 6 through ConductivityService.Predict (in process when no address was given)."""
+        from htvs.conductivity.predict import ConductivityError, ConductivityPrediction
+
+        if "conductivity" not in self.addresses:
+            from htvs.campaign.stages import InProcessBackend
+
+            self._local = self._local or InProcessBackend()
+            return self._local.conductivity(items, config)
+        from htvs.grpc.gen import conductivity_pb2 as pb
+        from htvs.grpc.gen import structure_pb2
+
+        out: list = []
+        stub = self._stub("conductivity")
+        for start in range(0, len(items), self.chunk_rows):
+            chunk = items[start : start + self.chunk_rows]
+            request = pb.ConductivityPredictRequest(
+                structures=[structure_pb2.StructureData(id=i, cif=cif) for i, cif in chunk],
+                max_atoms=config.conductivity.max_atoms,
+            )
+            reply = _call(stub.Predict, request, "ConductivityService.Predict", self.timeout_s)
+            for row in reply.rows:
+                if row.HasField("error"):
+                    out.append(ConductivityError(row.id, row.error.message or "error", row.no_lithium))
+                else:
+                    out.append(ConductivityPrediction(row.id, row.log10_sigma_mean, row.log10_sigma_std,
+                                                      row.p_superionic))
+        return out
 
     def close(self) -> None:
         for channel in self._channels.values():
