@@ -1,4 +1,4 @@
-"""``htvs conductivity ...``: stage 6, Li-ion conductivity of structures from the GNN ensemble.
+"""``htvs conductivity ...``: stage 6, Li-ion conductivity of structures from the GNN ensemble blended with a random forest.
 
 Thin shells around :func:`htvs.conductivity.predict.predict_conductivity` and the model card;
 torch and the models are loaded only when a command runs.
@@ -18,7 +18,7 @@ from rich.table import Table
 from htvs.cli_output import EXIT_BAD_INPUT, _clear_errors, _emit_json, _stderr
 
 conductivity_app = typer.Typer(
-    help="Stage 6: room-temperature Li-ion conductivity of structures (GNN ensemble trained on OBELiX).",
+    help="Stage 6: room-temperature Li-ion conductivity of structures (GNN ensemble + random forest, trained on OBELiX).",
     no_args_is_help=True,
 )
 
