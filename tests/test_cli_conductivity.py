@@ -153,9 +153,10 @@ def test_structures_dedupe_finds_copies_and_refuses_bad_files(runner, files, tmp
     assert counts["comparisons"] >= 1
 
 
-def test_serve_lists_the_new_services_and_refuses_dft(runner: CliRunner) -> None:
+def test_serve_lists_the_services_and_refuses_an_unknown_one(runner: CliRunner) -> None:
     help_text = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).stdout
-    assert "structure or conductivity" in help_text and "--conductivity-models" in help_text
-    result = runner.invoke(app, ["serve", "dft", "--port", "0"])
+    assert "structure, conductivity or dft" in help_text and "--conductivity-models" in help_text
+    assert "--dft-workdir" in help_text
+    result = runner.invoke(app, ["serve", "diffcsp", "--port", "0"])
     assert result.exit_code == EXIT_BAD_INPUT
-    assert "'dft' is not available yet" in result.output
+    assert "unknown service 'diffcsp'" in result.output

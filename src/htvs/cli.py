@@ -42,6 +42,9 @@ def _register_subcommands() -> None:
     app.add_typer(campaign_app, name="campaign")
     app.add_typer(conductivity_app, name="conductivity")
     app.add_typer(structures_app, name="structures")
+    from htvs.cli_validate import validate
+
+    app.command("validate")(validate)
 
 
 @app.command()
@@ -380,7 +383,7 @@ def screen(
 
 @app.command()
 def serve(
-    name: str = typer.Argument(..., help="Service: substitution, composition, structure or conductivity."),
+    name: str = typer.Argument(..., help="Service: substitution, composition, structure, conductivity or dft."),
     port: int = typer.Option(..., help="gRPC port (0: a free port, printed on stdout)."),
     metrics_port: int | None = typer.Option(None, help="Prometheus /metrics port (default: none)."),
     max_workers: int = typer.Option(8, help="Worker threads handling calls."),
@@ -395,6 +398,9 @@ def serve(
     ),
     conductivity_models: Path | None = typer.Option(
         None, help="Conductivity ensemble folder with model_card.json (conductivity; default: shipped)."
+    ),
+    dft_workdir: Path | None = typer.Option(
+        None, help="dft: folder for the jobs' MD checkpoints (a job submitted again resumes from it)."
     ),
 ) -> None:
     """Serve a stage over gRPC (htvs.v1) until SIGTERM/SIGINT, then stop gracefully.
@@ -413,6 +419,8 @@ def serve(
         resources = {"prototype_sources": tuple(prototypes_source)}
     elif name == "conductivity":
         resources = {"conductivity_models": conductivity_models}
+    elif name == "dft":
+        resources = {"dft_workdir": dft_workdir}
 
     def announce(server, bound: int) -> None:
         _emit_json({"service": server.service_names[0], "port": bound, "metrics_port": server.metrics_port})

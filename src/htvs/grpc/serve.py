@@ -19,9 +19,9 @@ from htvs.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WORKERS, Htv
 logger = logging.getLogger(__name__)
 
 #: Services ``serve`` can start now.
-AVAILABLE_SERVICES = ("substitution", "composition", "structure", "conductivity")
+AVAILABLE_SERVICES = ("substitution", "composition", "structure", "conductivity", "dft")
 #: Services of the funnel that are not served yet.
-PLANNED_SERVICES = ("dft",)
+PLANNED_SERVICES: tuple[str, ...] = ()
 #: Seconds calls in flight may still run after SIGTERM.
 DEFAULT_GRACE_S = 10.0
 
@@ -47,11 +47,13 @@ def build_servicer(
     threads: int | None = 1,
     max_batch_rows: int | None = None,
     conductivity_models: Path | None = None,
+    dft_workdir: Path | None = None,
 ) -> Servicer:
     """Load the resources of service ``name`` and return its servicer.
 
     Args:
-        name: ``"substitution"``, ``"composition"``, ``"structure"`` or ``"conductivity"``.
+        name: ``"substitution"``, ``"composition"``, ``"structure"``, ``"conductivity"`` or
+            ``"dft"`` (stage 7 validation; the CHGNet backend).
         prototype_sources: prototype sets the substitution and structure services serve by
             name (each a :func:`~htvs.prototypes.load_prototypes` spec: ``"bundled"``, ``"mp"``,
             a folder).
@@ -62,6 +64,8 @@ def build_servicer(
         max_batch_rows: most rows per request (None: the servicer's default).
         conductivity_models: conductivity ensemble folder with its ``model_card.json``
             (default: the shipped model).
+        dft_workdir: where the validation service keeps its jobs' MD checkpoints (None: a
+            temporary folder per job; with a folder, a job submitted again resumes).
 
     Raises:
         InvalidInput: unknown or not yet available service.
@@ -89,6 +93,13 @@ def build_servicer(
         ensemble = load_conductivity_ensemble(conductivity_models)
         limits = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}
         return ConductivityServicer(ensemble, **limits)
+    if name == "dft":
+        from htvs.grpc.dft_runner_service import DFTRunnerServicer
+        from htvs.thermo import ReferenceHull
+        from htvs.validation.backends import load_backend
+
+        return DFTRunnerServicer(ReferenceHull.bundled(), {"mlip": load_backend("mlip", threads=threads)},
+                                 workdir=dft_workdir)
     from htvs.composition.ship import load_ensemble
     from htvs.grpc.composition_service import CompositionServicer
     from htvs.thermo import ReferenceHull
@@ -115,7 +126,7 @@ def serve(
     """Serve ``name`` on ``host:port`` until SIGTERM or SIGINT, then stop gracefully.
 
     Args:
-        name: one of :data:`AVAILABLE_SERVICES`; ``dft`` is refused as not yet available.
+        name: one of :data:`AVAILABLE_SERVICES`.
         port: gRPC port (0: a free one, reported to ``ready`` and in the log).
         metrics_port: Prometheus ``/metrics`` port (None: no endpoint; 0: a free one).
         host: interface to bind.
@@ -164,5 +175,7 @@ def serve(
     finally:
         logger.info("stopping %s (grace %.1f s)", servicer.service_name, grace_s)
         server.stop(grace_s).wait()
+        if hasattr(servicer, "shutdown"):  # background jobs (dft): stop taking work, join workers
+            servicer.shutdown(timeout=grace_s)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
