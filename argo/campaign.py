@@ -3,7 +3,7 @@
 The DAG runs one container per campaign step, every step reading and writing the same object store
 (``s3://bucket/prefix``)::
 
-    prototypes -> substitute -> shards -> predict (one pod per shard, withParam) -> screen -> structures -> conductivity -> report
+    prototypes -> substitute -> shards -> predict (one pod per shard, withParam) -> screen -> structures -> conductivity -> validate (GPU) -> report
 
 * The campaign YAML comes from a ConfigMap (parameter ``config-map``, key ``campaign.yaml``) mounted
   read-only at ``/config/campaign.yaml``.
@@ -79,7 +79,7 @@ def workflow_parameter(name: str) -> str:
 
 
 # Strategic-merge patch for the predict pod: GPU limit and placement from JSON parameters.
-PREDICT_POD_SPEC_PATCH = (
+GPU_POD_SPEC_PATCH = (
     '{"nodeSelector": ' + workflow_parameter("gpu-node-selector") + ", "
     '"tolerations": ' + workflow_parameter("gpu-tolerations") + ", "
     '"containers": [{"name": "main", "resources": {"limits": {"nvidia.com/gpu": "'
@@ -162,7 +162,7 @@ def build_template() -> WorkflowTemplate:
         labels={"app.kubernetes.io/name": "htvs", "app.kubernetes.io/component": "campaign"},
         annotations={
             "workflows.argoproj.io/description": (
-                "htvs screening campaign: prototypes -> substitute -> predict (sharded, GPU) -> screen -> structures -> conductivity -> report"
+                "htvs screening campaign: prototypes -> substitute -> predict (sharded, GPU) -> screen -> structures -> conductivity -> validate (GPU) -> report"
             )
         },
         entrypoint="campaign",
@@ -202,7 +202,7 @@ def build_template() -> WorkflowTemplate:
             image="gpu-image",
             inputs=[Parameter(name="shard")],
             resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
-            pod_spec_patch=PREDICT_POD_SPEC_PATCH,
+            pod_spec_patch=GPU_POD_SPEC_PATCH,
         )
         screen = _stage(
             "screen",
@@ -219,6 +219,13 @@ def build_template() -> WorkflowTemplate:
             ["campaign", "stage", "conductivity", *_common_args()],
             resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
         )
+        validate = _stage(
+            "validate",
+            ["campaign", "stage", "validate", *_common_args()],
+            image="gpu-image",
+            resources=Resources(cpu_request="4", memory_request="8Gi", memory_limit="32Gi"),
+            pod_spec_patch=GPU_POD_SPEC_PATCH,
+        )
         report = _stage("report", ["campaign", "stage", "report", *_common_args()])
 
         with DAG(name="campaign"):
@@ -233,9 +240,10 @@ def build_template() -> WorkflowTemplate:
             t_screen = screen(name="screen")
             t_structures = structures(name="structures")
             t_conductivity = conductivity(name="conductivity")
+            t_validate = validate(name="validate")
             t_report = report(name="report")
             (t_prototypes >> t_substitute >> t_shards >> t_predict >> t_screen >> t_structures >> t_conductivity
-             >> t_report)
+             >> t_validate >> t_report)
     return template
 
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -200,6 +201,12 @@ def test_single_steps_for_argo(tmp_path: Path, models) -> None:
         ({"name": "My Campaign"}, "lowercase slug"),
         ({"structures__rescale_volume": "guess"}, "'guess'"),
         ({"structures__stol": 0}, "structures.stol"),
+        ({"conductivity__min_p_superionic": 1.5}, "conductivity.min_p_superionic"),
+        ({"conductivity__models": "/no/such/cond"}, "/no/such/cond"),
+        ({"validation": {"top_k": 1, "temperatures_k": [900]}}, "validation: .*two or more temperatures"),
+        ({"validation": {"top_k": 1, "temperatures_k": [600, -5]}}, "validation: .*-5"),
+        ({"validation": {"top_k": 1, "backend": "gaussian"}}, "validation: .*'gaussian'"),
+        ({"validation__top_k": -1}, "validation.top_k"),
     ],
 )
 def test_bad_configs_are_refused_before_work(tmp_path: Path, models, overrides: dict, message: str) -> None:
@@ -224,3 +231,26 @@ def test_cli_campaign_run_and_shards(tmp_path: Path, models) -> None:
     result = runner.invoke(app, ["campaign", "stage", "screen", "--config", str(path), "--store", str(tmp_path / "o" / "store")])
     assert result.exit_code == 0, result.output
     assert "missing.yaml" in runner.invoke(app, ["campaign", "run", "missing.yaml", "-o", "x"]).output
+
+
+@pytest.mark.slow
+def test_stage_7_validates_the_shortlist_with_chgnet(tmp_path: Path, models) -> None:
+    """A demo-length protocol (tens of MD steps): the stage runs end to end and fills the funnel."""
+    tiny_md = {"top_k": 1, "temperatures_k": [800, 1200], "heat_ps": 0.01, "equilibrate_ps": 0.01,
+               "production_ps": 0.04, "smoothing": "none", "relax_max_steps": 3, "min_supercell_length_angstrom": 0,
+               "workdir": str(tmp_path / "md")}
+    config = load_campaign(write_config(tmp_path / "c.yaml", models, validation=tiny_md,
+                                        conductivity={"min_p_superionic": 0.0}))
+    funnel = run_campaign(config, open_store(tmp_path / "store"), tmp_path / "out")
+    table = pd.read_parquet(tmp_path / "out" / "validation.parquet")
+    assert len(table) == 1 and funnel["validated"] + int(table["error"].notna().sum()) == 1
+    scored = pd.read_parquet(tmp_path / "out" / "conductivity.parquet")
+    assert table["id"].iloc[0] == scored["id"].iloc[0]  # the most probable superionic structure
+    documents = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert documents[0]["id"] == table["id"].iloc[0]
+    if table["error"].isna().all():
+        row = table.iloc[0]
+        assert np.isfinite([row["e_form"], row["e_above_hull"], row["sigma_300K_mS_cm"]]).all()
+        assert funnel["validated_stable"] == int(row["stable"])
+    assert list(funnel)[-2:] == ["validated", "validated_stable"]
+    assert any((tmp_path / "md").iterdir())  # MD checkpoints went to the configured workdir

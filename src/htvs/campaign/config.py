@@ -76,6 +76,29 @@ class ConductivitySection(_Section):
     batch_size: int = Field(32, ge=1, le=10_000)
 
 
+class ValidationSection(_Section):
+    """Stage 7: physics validation of the ``top_k`` most probable superionic structures of the
+    stage-6 shortlist (0 skips the stage). Lengths default to the paper's protocol; MD
+    checkpoints go to ``workdir`` (null: ``<system temp>/htvs-validation``), so a killed campaign
+    resumes its MD runs."""
+
+    top_k: int = Field(0, ge=0, le=10_000)
+    backend: str = "mlip"
+    temperatures_k: tuple[float, ...] = (600.0, 800.0, 1000.0, 1200.0)
+    heat_ps: float = 2.0
+    equilibrate_ps: float = 5.0
+    production_ps: float = 40.0
+    timestep_fs: float = 2.0
+    min_supercell_length_angstrom: float = 8.0
+    max_atoms: int = Field(200, ge=1)
+    fmax_ev_per_angstrom: float = Field(0.05, gt=0)
+    relax_max_steps: int = Field(500, ge=0)
+    smoothing: str = "max"
+    max_e_above_hull_ev_per_atom: float = 0.1
+    threads: int = Field(1, ge=1, le=256)
+    workdir: Path | None = None
+
+
 class CampaignConfig(_Section):
     """One screening campaign."""
 
@@ -86,6 +109,7 @@ class CampaignConfig(_Section):
     screening: ScreeningSection = ScreeningSection()
     structures: StructuresSection = StructuresSection()
     conductivity: ConductivitySection = ConductivitySection()
+    validation: ValidationSection = ValidationSection()
 
     @field_validator("name")
     @classmethod
@@ -123,6 +147,8 @@ def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> C
             path = folder if folder.is_absolute() else base / folder
             if not (path / "model_card.json").is_file():
                 raise InvalidInput(f"composition.{key}: no model_card.json in {path}")
+    if config.validation.top_k > 0:
+        validation_config(config)
     folder = config.conductivity.models
     if folder is not None:
         path = folder if folder.is_absolute() else base / folder
@@ -134,6 +160,24 @@ def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> C
         if not path.is_dir():
             raise InvalidInput(f"prototypes.source: folder {path} does not exist")
     return config
+
+
+def validation_config(config: CampaignConfig):
+    """The stage-7 ``ValidationConfig`` of a campaign (InvalidInput names a bad setting)."""
+    from htvs.validation import AnalysisConfig, MDConfig, RelaxConfig, SupercellConfig, ValidationConfig
+
+    v = config.validation
+    try:
+        return ValidationConfig(
+            backend=v.backend,
+            relax=RelaxConfig(fmax_ev_per_angstrom=v.fmax_ev_per_angstrom, max_steps=v.relax_max_steps),
+            supercell=SupercellConfig(min_length_angstrom=v.min_supercell_length_angstrom, max_atoms=v.max_atoms),
+            md=MDConfig(temperatures_k=v.temperatures_k, timestep_fs=v.timestep_fs, heat_ps=v.heat_ps,
+                        equilibrate_ps=v.equilibrate_ps, production_ps=v.production_ps),
+            analysis=AnalysisConfig(smoothing=v.smoothing),
+        )
+    except InvalidInput as exc:
+        raise InvalidInput(f"validation: {exc}") from None
 
 
 def substitution_config(config: CampaignConfig):

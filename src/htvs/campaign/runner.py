@@ -30,7 +30,7 @@ from htvs.campaign.stages import (
 from htvs.errors import InvalidInput
 from htvs.store import ArtifactStore, StageManifest
 
-STEPS = ("prototypes", "substitute", "predict", "screen", "structures", "conductivity", "report")
+STEPS = ("prototypes", "substitute", "predict", "screen", "structures", "conductivity", "validate", "report")
 #: Files the runner leaves in the output directory.
 OUTPUT_FILES = (
     "substitutions.parquet",
@@ -40,6 +40,8 @@ OUTPUT_FILES = (
     "screen.parquet",
     "structures.parquet",
     "conductivity.parquet",
+    "validation.parquet",
+    "validation.json",
     "funnel.json",
     "candidates.csv",
     "structure_candidates.csv",
@@ -59,6 +61,8 @@ FUNNEL_ORDER = (
     "unique_structures",
     "scored_structures",
     "superionic_shortlist",
+    "validated",
+    "validated_stable",
 )
 
 
@@ -86,6 +90,7 @@ class CampaignManifests:
     screened: StageManifest
     structures: StageManifest | None = None
     conductivity: StageManifest | None = None
+    validation: StageManifest | None = None
 
 
 def run_step(
@@ -141,6 +146,15 @@ def run_step(
     manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures, conductivity)
     if step == "conductivity":
         return manifests
+    from htvs.campaign.validate_stage import run_validation
+
+    progress("validate", 0, 1)
+    validation = run_validation(store, config, structures, conductivity, progress)
+    progress("validate", 1, 1)
+    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures, conductivity,
+                                  validation)
+    if step == "validate":
+        return manifests
     write_report(store, config, manifests)
     return manifests
 
@@ -173,6 +187,9 @@ def write_report(store: ArtifactStore, config: CampaignConfig, manifests: Campai
         text = io.StringIO()
         shortlist.to_csv(text, index=False, float_format="%.6g")
         store.put_bytes(f"{prefix}/structure_candidates.csv", text.getvalue().encode())
+    if manifests.validation is not None and config.validation.top_k > 0:
+        funnel["validated"] = manifests.validation.row_counts["validated"]
+        funnel["validated_stable"] = manifests.validation.row_counts["validated_stable"]
     store.put_json(f"{prefix}/funnel.json", funnel)
     buffer = io.StringIO()
     candidates.to_csv(buffer, index=False, float_format="%.6g")
@@ -208,6 +225,9 @@ def run_campaign(
     if manifests.conductivity is not None:
         copies["conductivity.parquet"] = _output(manifests.conductivity, "conductivity.parquet")
         copies["structure_candidates.csv"] = f"{report_prefix(config)}/structure_candidates.csv"
+    if manifests.validation is not None:
+        for name in ("validation.parquet", "validation.json"):
+            copies[name] = _output(manifests.validation, name)
     copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
     for name, key in copies.items():
         _write_atomic(out_dir / name, store.get_bytes(key))
