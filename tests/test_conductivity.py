@@ -221,3 +221,25 @@ def test_shipped_ensemble_predicts_bundled_cif(tmp_path):
     assert pred.id == cif.id
     assert -14 < pred.log10_sigma_mean < 0 and pred.log10_sigma_std > 0
     json.dumps(pred.to_dict())
+
+
+def test_shipped_predictor_reproduces_its_card_on_the_test_cifs():
+    """The ONNX blend, fed the OBELiX test CIFs, scores what the training run wrote in the card."""
+    from htvs.conductivity.baselines import score
+    from htvs.conductivity.train import same_elements
+    from htvs.conductivity.graph import table_global_features
+    from htvs.datasets import load_obelix, load_obelix_cifs
+
+    ensemble = load_ensemble()
+    test = load_obelix("test").set_index("ID")
+    cifs = [c for c in load_obelix_cifs() if c.id in test.index]
+    out = predict_conductivity([(c.id, c.text) for c in cifs], ensemble)
+    rows = [(r, test.loc[r.id]) for r in out if isinstance(r, ConductivityPrediction)]
+    graphs = {c.id: build_graph(Structure.from_str(c.text, fmt="cif")) for c in cifs}
+    rows = [(r, row) for r, row in rows if same_elements(graphs[r.id].global_features, table_global_features(row))]
+    assert len(rows) == ensemble.card["split"]["test_with_cif"]
+    got = score(np.array([r.log10_sigma_mean for r, _ in rows]), np.array([r.p_superionic for r, _ in rows]),
+                np.array([row["log10_sigma"] for _, row in rows]))
+    expected = ensemble.card["test"]["model"]["with_cif"]
+    assert got["mae_log10_sigma"] == pytest.approx(expected["mae_log10_sigma"], abs=1e-4)
+    assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
