@@ -81,7 +81,9 @@ def campaign_run(
 
 @campaign_app.command("stage")
 def campaign_stage(
-    step: str = typer.Argument(..., help="prototypes | substitute | predict | screen | report"),
+    step: str = typer.Argument(
+        ..., help="prototypes | substitute | predict | screen | structures | conductivity | validate | report"
+    ),
     config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
     store_url: str = typer.Option(..., "--store", help=_STORE_HELP),
     shard: int | None = typer.Option(None, help="predict only: the shard to run (Argo fan-out)."),
