@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from htvs.conductivity.model import ModelConfig, build_model, collate
 from htvs.conductivity.predict import (
     ConductivityConfig,
     ConductivityEnsemble,
-    ConductivityError,
     ConductivityPrediction,
     load_ensemble,
     predict_conductivity,
