@@ -26,7 +26,7 @@ from htvs.errors import InvalidInput, ModelNotReady
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import composition_pb2 as pb
 from htvs.grpc.gen import composition_pb2_grpc as pb_grpc
-from htvs.grpc.server import report_rows
+from htvs.grpc.server import check_batch, report_rows
 from htvs.screening import PREDICTION_COLUMNS, CompositionScreenConfig, screen_compositions
 from htvs.thermo import HullResult, ReferenceHull, RowError, WindowResult, e_above_hull_many, electrochemical_windows
 
@@ -132,18 +132,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         pb_grpc.add_CompositionServiceServicer_to_server(self, server)
 
     def _check_batch(self, request, n_rows: int, field: str) -> None:
-        kind = type(request).__name__
-        if request.store_key:
-            raise InvalidInput(
-                f"{kind}.store_key {request.store_key!r}: store keys are not supported yet; send rows inline"
-            )
-        if n_rows == 0:
-            raise InvalidInput(f"{kind}.{field} is empty; send 1 to {self.max_batch_rows} rows")
-        if n_rows > self.max_batch_rows:
-            raise InvalidInput(
-                f"{kind}.{field} has {n_rows} rows, more than this server's limit of "
-                f"{self.max_batch_rows}; split the batch"
-            )
+        check_batch(request, n_rows, field, self.max_batch_rows)
 
     def _models(self):
         if self.e_form_model is None or self.band_gap_model is None:

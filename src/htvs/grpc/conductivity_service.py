@@ -28,7 +28,7 @@ from htvs.errors import HTVSError, InvalidInput
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import conductivity_pb2 as pb
 from htvs.grpc.gen import conductivity_pb2_grpc as pb_grpc
-from htvs.grpc.server import report_rows
+from htvs.grpc.server import check_batch, report_rows
 from htvs.grpc.structure_service import structure_from_proto
 
 if TYPE_CHECKING:
@@ -120,21 +120,7 @@ class ConductivityServicer(pb_grpc.ConductivityServiceServicer):
         return dataclasses.replace(self.config, max_atoms=int(request.max_atoms))
 
     def _check_batch(self, request: pb.ConductivityPredictRequest) -> None:
-        n_rows = len(request.structures)
-        if request.store_key:
-            raise InvalidInput(
-                f"ConductivityPredictRequest.store_key {request.store_key!r}: store keys are not supported yet; "
-                "send structures inline"
-            )
-        if n_rows == 0:
-            raise InvalidInput(
-                f"ConductivityPredictRequest.structures is empty; send 1 to {self.max_batch_rows} structures"
-            )
-        if n_rows > self.max_batch_rows:
-            raise InvalidInput(
-                f"ConductivityPredictRequest.structures has {n_rows} rows, more than this server's limit of "
-                f"{self.max_batch_rows}; split the batch"
-            )
+        check_batch(request, len(request.structures), "structures", self.max_batch_rows)
         for i, message in enumerate(request.structures):
             if not message.id:
                 raise InvalidInput(f"ConductivityPredictRequest.structures[{i}] has no id")

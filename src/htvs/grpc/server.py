@@ -121,6 +121,22 @@ class ServerMetrics:
 # --------------------------------------------------------------------------- interceptor
 
 
+def check_batch(request, n_rows: int, field: str, max_rows: int) -> None:
+    """Refuse (InvalidInput -> INVALID_ARGUMENT) a batch request that sets ``store_key`` (not
+    supported yet), is empty, or has more than ``max_rows`` rows; messages name the field."""
+    kind = type(request).__name__
+    if request.store_key:
+        raise InvalidInput(
+            f"{kind}.store_key {request.store_key!r}: store keys are not supported yet; send rows inline"
+        )
+    if n_rows == 0:
+        raise InvalidInput(f"{kind}.{field} is empty; send 1 to {max_rows} rows")
+    if n_rows > max_rows:
+        raise InvalidInput(
+            f"{kind}.{field} has {n_rows} rows, more than this server's limit of {max_rows}; split the batch"
+        )
+
+
 def status_of(exc: BaseException) -> grpc.StatusCode | None:
     """The status code of a project error, or None for any other exception."""
     for cls, code in STATUS_OF:
