@@ -102,6 +102,17 @@ def test_export_of_a_training_run(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["train", "export", str(tmp_path / "run"), "--target", "band_gap",
                                    "--out", str(tmp_path / "m2"), "--attach", "nonsense"])
     assert bad.exit_code == EXIT_BAD_INPUT and "NAME=RUN_DIR" in bad.output
+    # attach a run to the existing card: members untouched, the run's metrics added
+    members = {p.name: p.read_bytes() for p in (tmp_path / "m").glob("*.onnx")}
+    attached = CliRunner().invoke(app, ["train", "attach", "--target", "band_gap", "--out", str(tmp_path / "m"),
+                                        f"bartel={tmp_path / 'run'}"])
+    assert attached.exit_code == 0, attached.output
+    card = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    assert set(card["related_runs"]) == {"fold0", "bartel"} and card["related_runs"]["bartel"]["test"]["n"] == 16
+    assert members == {p.name: p.read_bytes() for p in (tmp_path / "m").glob("*.onnx")}
+    missing = CliRunner().invoke(app, ["train", "attach", "--target", "band_gap", "--out", str(tmp_path / "m"),
+                                       f"x={tmp_path / 'nowhere'}"])
+    assert missing.exit_code == EXIT_BAD_INPUT and "nowhere" in missing.output
     ensemble = OnnxRoostEnsemble.from_dir(tmp_path / "m")
     test = Featurized.from_frame(split.test)
     onnx = ensemble.predict(test.formulas).members

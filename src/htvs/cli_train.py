@@ -81,17 +81,36 @@ def train_export(
 ) -> None:
     """Export a run's finished members to ONNX with a model card (data, split, seeds, metrics, sha256)."""
     from htvs.composition.ship import export_run, shipped_model_dir
-    from htvs.errors import InvalidInput
 
     with _clear_errors():
-        related: dict[str, Path] = {}
-        for item in attach or []:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise InvalidInput(f"--attach expects NAME=RUN_DIR, got {item!r}")
-            related[name] = Path(path)
-        card = export_run(run, out or shipped_model_dir(target), target, related)
+        card = export_run(run, out or shipped_model_dir(target), target, _related_runs(attach))
     Console().print(f"wrote {card}")
+
+
+@train_app.command("attach")
+def train_attach(
+    target: str = typer.Option(..., help="e_form | band_gap: whose card gets the runs."),
+    runs: list[str] = typer.Argument(..., help="NAME=RUN: runs whose metrics.json joins the card's related_runs."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Model folder (default: the shipped one)."),
+) -> None:
+    """Add other runs' metrics (e.g. the Bartel-split comparison) to a model card without re-exporting."""
+    from htvs.composition.ship import attach_runs, shipped_model_dir
+
+    with _clear_errors():
+        card = attach_runs(out or shipped_model_dir(target), _related_runs(runs))
+    Console().print(f"updated {card}")
+
+
+def _related_runs(items: list[str] | None) -> dict[str, Path]:
+    from htvs.errors import InvalidInput
+
+    related: dict[str, Path] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InvalidInput(f"expected NAME=RUN_DIR, got {item!r}")
+        related[name] = Path(path)
+    return related
 
 
 

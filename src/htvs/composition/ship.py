@@ -90,6 +90,20 @@ def export_run(
     return write_model_card(out_dir, files, target=target, units=units, extra=extra)
 
 
+def attach_runs(model_dir: Path, related: dict[str, Path]) -> Path:
+    """Add the ``metrics.json`` of ``related`` runs to the ``related_runs`` of an existing model
+    card (e.g. the Bartel-split comparison), leaving the shipped members untouched."""
+    card_path = Path(model_dir) / "model_card.json"
+    if not card_path.is_file():
+        raise InvalidInput(f"no model card at {card_path}")
+    card = json.loads(card_path.read_text())
+    card.setdefault("related_runs", {}).update(_related_metrics(related))
+    tmp = card_path.with_name(".model_card.json.tmp")
+    tmp.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    tmp.replace(card_path)
+    return card_path
+
+
 def _related_metrics(related: dict[str, Path]) -> dict[str, object]:
     out: dict[str, object] = {}
     for name, run in sorted(related.items()):
