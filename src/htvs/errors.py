@@ -25,3 +25,18 @@ class ModelNotReady(HTVSError):
 
 class StageFailed(HTVSError):
     """A stage failed for a reason that is not the caller's input."""
+
+
+def finite_number(name: str, value: object) -> float:
+    """``value`` as a finite float, or InvalidInput naming ``name`` and the value (bools refused)."""
+    import math
+
+    if isinstance(value, bool):
+        raise InvalidInput(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise InvalidInput(f"{name} must be finite, got {value!r}")
+    return number

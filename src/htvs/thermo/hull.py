@@ -13,7 +13,6 @@ at 0 eV/atom. Nothing is loaded at import.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import threading
 from collections import OrderedDict
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pymatgen.core import Composition
 
-from htvs.errors import HTVSError, InvalidInput, StageFailed
+from htvs.errors import HTVSError, InvalidInput, StageFailed, finite_number
 from htvs.formula import parse_composition
 from htvs.thermo.facets import FacetModel
 
@@ -328,15 +327,7 @@ def check_e_form(formula: object, value: object) -> float:
     Raises:
         InvalidInput: not a number, or not finite; the message names the formula and value.
     """
-    if isinstance(value, bool):
-        raise InvalidInput(f"e_form_ev_per_atom for {formula!r} must be a number, got {value!r}")
-    try:
-        energy = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"e_form_ev_per_atom for {formula!r} must be a number, got {value!r}") from exc
-    if not math.isfinite(energy):
-        raise InvalidInput(f"e_form_ev_per_atom for {formula!r} must be finite, got {value!r}")
-    return energy
+    return finite_number(f"e_form_ev_per_atom for {formula!r}", value)
 
 
 def row_error(index: int, formula: object, exc: HTVSError) -> RowError:

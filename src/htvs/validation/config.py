@@ -9,11 +9,10 @@ itself on construction and raises :class:`~htvs.errors.InvalidInput` naming the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from htvs.errors import InvalidInput
+from htvs.errors import InvalidInput, finite_number
 
 #: Highest MD temperature accepted, K (above it every solid here is far beyond melting).
 MAX_TEMPERATURE_K = 5000.0
@@ -27,15 +26,7 @@ SMOOTHING_MODES = ("max", "constant", "none")
 
 def _number(name: str, value: object) -> float:
     """``value`` as a finite float, or InvalidInput naming ``name`` and the value."""
-    if isinstance(value, bool):
-        raise InvalidInput(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{name} must be a number, got {value!r}") from exc
-    if not math.isfinite(number):
-        raise InvalidInput(f"{name} must be finite, got {value!r}")
-    return number
+    return finite_number(name, value)
 
 
 def _integer(name: str, value: object, minimum: int) -> int:
