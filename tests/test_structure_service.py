@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,13 +22,13 @@ from htvs.grpc.gen import substitution_pb2 as spb
 from htvs.grpc.serve import AVAILABLE_SERVICES, PLANNED_SERVICES, build_servicer, check_service_name
 from htvs.grpc.server import create_server
 from htvs.grpc.structure_service import StructureServicer
-from htvs.prototypes import Prototype, PrototypeSet
+from htvs.prototypes import PrototypeSet
 from htvs.structures import MaterializedStructure, deduplicate, materialize
 from htvs.structures.materialize import MaterializeConfig
 
 pytestmark = [pytest.mark.grpc, pytest.mark.timeout(120)]
 
-FOLDER = Path(__file__).parent / "data" / "prototypes" / "folder"
+from conftest import PROTOTYPE_FOLDER as FOLDER, folder_prototype as _prototype
 SERVICE = "htvs.v1.StructureService"
 MAX_ROWS = 8
 # LiFePO4 -> LiMgSO4 and LiZnPS4 -> LiMgSO4 (the paper's rule: one non-Li species becomes S)
@@ -39,16 +38,6 @@ LZPS_MG_S = [("Zn", "Mg"), ("P", "S"), ("S", "O")]
 LZPS_S_MG = [("Zn", "S"), ("P", "Mg"), ("S", "O")]
 
 
-def _prototype(name: str, file: str) -> Prototype:
-    structure = Structure.from_file(FOLDER / file)
-    structure.remove_oxidation_states()
-    return Prototype.from_structure(name, "test", structure)
-
-
-@pytest.fixture(scope="module")
-def prototypes() -> dict[str, Prototype]:
-    protos = [_prototype("LiFePO4", "LiFePO4.json"), _prototype("LiZnPS4", "LiZnPS4.cif")]
-    return {p.id: p for p in protos}
 
 
 @pytest.fixture(scope="module")

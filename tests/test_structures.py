@@ -7,7 +7,6 @@ Prototypes are the small structures of ``tests/data/prototypes/folder`` (LiFePO4
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,6 @@ import pytest
 from pymatgen.core import Composition, Structure
 
 from htvs.errors import InvalidInput
-from htvs.prototypes import Prototype
 from htvs.structures import (
     DedupeConfig,
     MaterializeConfig,
@@ -30,19 +28,9 @@ from htvs.structures import (
 )
 from htvs.structures.radii import site_charges, site_radius
 
-FOLDER = Path(__file__).parent / "data" / "prototypes" / "folder"
+from conftest import PROTOTYPE_FOLDER as FOLDER
 
 
-def _prototype(name: str, file: str) -> Prototype:
-    structure = Structure.from_file(FOLDER / file)
-    structure.remove_oxidation_states()
-    return Prototype.from_structure(name, "test", structure)
-
-
-@pytest.fixture(scope="module")
-def prototypes() -> dict[str, Prototype]:
-    protos = [_prototype("LiFePO4", "LiFePO4.json"), _prototype("LiZnPS4", "LiZnPS4.cif")]
-    return {p.id: p for p in protos}
 
 
 def rows(*substitutions: tuple[str, list[tuple[str, str]]], formula: bool = False) -> pd.DataFrame:
