@@ -48,15 +48,6 @@ class EnsemblePrediction:
     units: str
 
 
-def _default_providers() -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 class OnnxRoostEnsemble:
     """N exported Roost models of one target, evaluated together on featurized formulas.
 
@@ -78,7 +69,7 @@ class OnnxRoostEnsemble:
         providers: Sequence[str] | None = None,
         pair_budget: int = DEFAULT_PAIR_BUDGET,
     ) -> None:
-        import onnxruntime as ort
+        from htvs.onnx_sessions import open_session
 
         if not paths:
             raise ModelNotReady("an ensemble needs at least one ONNX file, none given")
@@ -86,20 +77,10 @@ class OnnxRoostEnsemble:
         self.target = target
         self.units = units
         self.pair_budget = int(pair_budget)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        if intra_op_threads is not None:
-            options.intra_op_num_threads = int(intra_op_threads)
-        chosen = list(providers) if providers is not None else _default_providers()
         self.sessions = []
         embeddings = set()
         for path in self.paths:
-            try:
-                session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise ModelNotReady(f"cannot load ONNX model {path}: {exc}") from exc
+            session = open_session(path, intra_op_threads, providers)
             meta = session.get_modelmeta().custom_metadata_map
             if meta.get("htvs.format") != ONNX_FORMAT:
                 raise ModelNotReady(

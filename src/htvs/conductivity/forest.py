@@ -94,17 +94,12 @@ class OnnxForest:
     """The exported forests run by onnxruntime; ``forest(global_features) -> (log10 sigma, P)``."""
 
     def __init__(self, directory: str | Path, threads: int | None = 1) -> None:
-        import onnxruntime as ort
+        from htvs.onnx_sessions import open_session
 
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        # TreeEnsemble operators run on the CPU provider only
         directory = Path(directory)
-        self.regressor = ort.InferenceSession(str(directory / REGRESSOR_FILE), options,
-                                              providers=["CPUExecutionProvider"])
-        self.classifier = ort.InferenceSession(str(directory / CLASSIFIER_FILE), options,
-                                               providers=["CPUExecutionProvider"])
+        self.regressor = open_session(directory / REGRESSOR_FILE, threads, ["CPUExecutionProvider"])
+        self.classifier = open_session(directory / CLASSIFIER_FILE, threads, ["CPUExecutionProvider"])
 
     def predict(self, global_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(global_features, dtype=np.float32)

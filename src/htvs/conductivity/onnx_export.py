@@ -78,15 +78,10 @@ class OnnxMember:
     """One exported member run by onnxruntime; ``member(arrays) -> (entries, 2)`` float64."""
 
     def __init__(self, path: str | Path, threads: int | None = 1) -> None:
-        import onnxruntime as ort
+        from htvs.onnx_sessions import open_session
 
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.session = open_session(path, threads)
         self._names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
