@@ -67,6 +67,7 @@ class ConductivityTrainConfig:
     cv_folds: int = 5
     forest_trees: int = 300
     forest_min_leaf: int = 2
+    forest_max_features: float = 0.33
 
     def __post_init__(self) -> None:
         for name in ("n_models", "max_epochs", "batch_size", "threads"):
@@ -319,7 +320,8 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
     members = [train_member(run_dir, k, config, train, log) for k in range(config.n_models)]
     models = [load_member(run_dir / f"model_{m['model']}" / "best.pt", config.model) for m in members]
     gnn_mean, gnn_std, gnn_prob = ensemble_predict(models, test)
-    forest_config = ForestConfig(config.forest_trees, config.forest_min_leaf, config.rf_seed)
+    forest_config = ForestConfig(config.forest_trees, config.forest_min_leaf, config.rf_seed,
+                                 config.forest_max_features)
     cv = None
     weight = config.blend_weight
     if weight is None:
