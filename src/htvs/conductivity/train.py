@@ -367,21 +367,3 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
     tmp.write_text(json.dumps(metrics, indent=1))
     tmp.replace(run_dir / "metrics.json")
     return metrics
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m htvs.conductivity.train RUN_DIR [--models N] [--epochs E]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--models", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=120)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    config = ConductivityTrainConfig(n_models=args.models, max_epochs=args.epochs, threads=args.threads)
-    print(json.dumps(train_ensemble(args.run_dir, config)["test"], indent=1))
-
-
-if __name__ == "__main__":
-    main()
