@@ -182,19 +182,53 @@ def test_onnx_member_matches_torch_with_repeated_indices(tmp_path, li2o, li_half
     np.testing.assert_allclose(OnnxMember(path)(empty), TorchMember(model)(empty), atol=1e-5)
 
 
-def test_forest_onnx_matches_scikit_learn(tmp_path):
+@pytest.mark.parametrize("kind", ["extra_trees", "random_forest"])
+def test_forest_onnx_matches_scikit_learn_tree_by_tree(tmp_path, kind):
     from htvs.conductivity.forest import ForestConfig, OnnxForest, export_forest, fit_forest
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(120, 12))
+    x = rng.normal(size=(120, 12)).astype(np.float32)
     y = x[:, 0] * 2 - 4 + rng.normal(scale=0.3, size=120)  # both classes around log10 sigma = -4
-    forest = fit_forest(x, y, ForestConfig(n_estimators=20))
+    forest = fit_forest(x, y, ForestConfig(n_estimators=20, kind=kind))
     export_forest(forest, tmp_path)
-    reg, p = forest.predict(x[:30])
-    onnx_reg, onnx_p = OnnxForest(tmp_path).predict(x[:30])
-    np.testing.assert_allclose(onnx_reg, reg, atol=1e-4)
-    np.testing.assert_allclose(onnx_p, p, atol=1e-5)
-    assert 0 < p.mean() < 1
+    onnx_forest = OnnxForest(tmp_path)
+    # the training inputs sit exactly next to the split thresholds: every tree must route them alike
+    np.testing.assert_array_equal(onnx_forest.tree_predictions(x), forest.tree_predictions(x))
+    ours, theirs = onnx_forest.predict(x[:30]), forest.predict(x[:30])
+    np.testing.assert_array_equal(ours.log10_sigma, theirs.log10_sigma)
+    np.testing.assert_array_equal(ours.p_superionic, theirs.p_superionic)
+    assert 0 < theirs.p_superionic.mean() < 1 and np.all(theirs.spread >= 0)
+
+
+def test_float32_threshold_keeps_the_float64_split():
+    from htvs.conductivity.forest import _float32_at_or_below
+
+    for t in (0.1, -4.000000001, 1e-30, 3.0, -0.7):
+        t32 = np.float32(_float32_at_or_below(t))
+        assert float(t32) <= t and float(np.nextafter(t32, np.float32(np.inf))) > t
+
+
+def test_forest_summary_is_median_fraction_and_spread():
+    from htvs.conductivity.forest import summarize_trees
+
+    per_tree = np.array([[-9.0, -3.0], [-5.0, -2.0], [-3.5, -6.0], [-3.0, -2.5]])  # 4 trees, 2 entries
+    out = summarize_trees(per_tree)
+    np.testing.assert_allclose(out.log10_sigma, [-4.25, -2.75])  # median, not the mean (-5.125, -3.375)
+    np.testing.assert_allclose(out.p_superionic, [0.5, 0.75])  # trees at or above -4
+    assert out.spread[0] > out.spread[1] > 0
+
+
+def test_blend_is_the_mixture_of_gnn_and_forest():
+    from htvs.conductivity.forest import ForestPrediction, blend
+
+    gnn = np.array([[-2.0], [-4.0]])  # two members: mean -3, std 1
+    trees = ForestPrediction(np.array([-5.0]), np.array([0.2]), np.array([0.5]))
+    out = blend(gnn, np.array([[0.8], [0.6]]), trees, 0.25)
+    assert out.log10_sigma_mean[0] == pytest.approx(0.25 * -3 + 0.75 * -5)
+    assert out.p_superionic[0] == pytest.approx(0.25 * 0.7 + 0.75 * 0.2)
+    assert out.log10_sigma_std[0] == pytest.approx(np.sqrt(0.25 * 1 + 0.75 * 0.25 + 0.25 * 0.75 * 4))
+    alone = blend(gnn, np.array([[0.8], [0.6]]), None, 0.25)  # no forest: the members alone
+    assert alone.log10_sigma_mean[0] == -3 and alone.log10_sigma_std[0] == 1
 
 
 def test_shipped_ensemble_predicts_bundled_cif(tmp_path):
@@ -241,3 +275,16 @@ def test_shipped_predictor_reproduces_its_card_on_the_test_cifs():
     expected = ensemble.card["test"]["model"]["with_cif"]
     assert got["mae_log10_sigma"] == pytest.approx(expected["mae_log10_sigma"], abs=1e-4)
     assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+
+
+def test_paired_bootstrap_sees_a_clear_and_a_null_difference():
+    from htvs.conductivity.baselines import paired_bootstrap_mae
+
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=200)
+    good, bad = truth + rng.normal(scale=0.2, size=200), truth + rng.normal(scale=1.0, size=200)
+    clear = paired_bootstrap_mae(good, bad, truth, n_resamples=2000)
+    assert clear["ci95_high"] < 0 and clear["fraction_a_better"] > 0.99
+    assert clear["mae_difference"] == pytest.approx(np.mean(np.abs(good - truth)) - np.mean(np.abs(bad - truth)))
+    null = paired_bootstrap_mae(good, good, truth, n_resamples=200)
+    assert null["mae_difference"] == 0 and null["fraction_a_better"] == 0

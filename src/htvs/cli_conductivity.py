@@ -1,4 +1,4 @@
-"""``htvs conductivity ...``: stage 6, Li-ion conductivity of structures from the GNN ensemble blended with a random forest.
+"""``htvs conductivity ...``: stage 6, Li-ion conductivity of structures from the GNN ensemble blended with extra trees.
 
 Thin shells around :func:`htvs.conductivity.predict.predict_conductivity` and the model card;
 torch and the models are loaded only when a command runs.

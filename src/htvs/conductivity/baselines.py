@@ -73,3 +73,17 @@ def random_forest_baseline(train_frame, test_frame, seed: int = 0, n_estimators:
     else:
         proba = proba[:, list(clf.classes_).index(True)]
     return BaselinePredictions(reg.predict(x_test), proba)
+
+
+def paired_bootstrap_mae(pred_a: np.ndarray, pred_b: np.ndarray, truth: np.ndarray, n_resamples: int = 10_000,
+                         seed: int = 0) -> dict[str, float]:
+    """How sure is "A has a lower MAE than B" on this test set? Resamples the entries with
+    replacement (both models' errors together) and reports MAE(A) - MAE(B) in log10 units: the
+    observed value, its 95 % percentile interval and the fraction of resamples where A is better.
+    """
+    err_a, err_b = np.abs(pred_a - truth), np.abs(pred_b - truth)
+    rows = np.random.default_rng(seed).integers(0, truth.size, size=(n_resamples, truth.size))
+    diff = err_a[rows].mean(axis=1) - err_b[rows].mean(axis=1)
+    low, high = np.percentile(diff, [2.5, 97.5])
+    return {"mae_difference": float(err_a.mean() - err_b.mean()), "ci95_low": float(low), "ci95_high": float(high),
+            "fraction_a_better": float(np.mean(diff < 0)), "n_resamples": int(n_resamples)}

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from htvs.conductivity.forest import blend
 from htvs.conductivity.graph import GraphConfig, build_graph, collate_arrays
 from htvs.errors import InvalidInput, ModelNotReady
 
 CARD_NAME = "model_card.json"
-CARD_FORMAT = "htvs.conductivity-gnn-ensemble/2"
+CARD_FORMAT = "htvs.conductivity-gnn-ensemble/3"
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ class ConductivityEnsemble:
             are accepted too and wrapped in :class:`~htvs.conductivity.onnx_export.TorchMember`.
         graph_config: how structures become graphs (must match training).
         card: the model card.
-        forest: the random-forest half of the blend (``predict(global_features) -> (log10 sigma,
-            P)``), or None for the GNN members alone.
-        gnn_weight: weight ``w`` of the GNN mean in ``w * GNN + (1 - w) * forest``.
+        forest: the tree-ensemble half of the blend (``predict(global_features) ->
+            ForestPrediction``), or None for the GNN members alone.
+        gnn_weight: weight ``w`` of the GNN half in :func:`htvs.conductivity.forest.blend`.
     """
 
     models: list
@@ -181,7 +182,8 @@ def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         "target": "log10 sigma(300 K) regression and P(sigma >= 1e-4 S/cm) classification",
         "units": "log10(S/cm)",
         "loading": ("onnxruntime; GNN members: inputs as htvs.conductivity.graph.collate_arrays, output (entries, 2); "
-                    "forest: skl2onnx TreeEnsemble graphs on the global descriptor vector"),
+                    "forest: one TreeEnsembleRegressor on the global descriptor vector, output (entries, trees); "
+                    "combined by htvs.conductivity.forest.blend"),
         "model_config": config["model"],
         "graph_config": config["graph"],
         "train_config": config,
@@ -261,18 +263,14 @@ def predict_conductivity(
         chunk = graphs[lo: lo + config.batch_size]
         arrays = collate_arrays(chunk, [g.global_features for g in chunk])
         outs = np.stack([member(arrays) for member in ensemble.models])
-        reg, prob = outs[:, :, 0], 1 / (1 + np.exp(-outs[:, :, 1]))
-        if ensemble.forest is not None:  # blend every member with the forest: the spread scales by w
-            w = ensemble.gnn_weight
-            forest_reg, forest_prob = ensemble.forest.predict(arrays["global_features"])
-            reg = w * reg + (1 - w) * forest_reg[None, :]
-            prob = w * prob + (1 - w) * forest_prob[None, :]
+        trees = ensemble.forest.predict(arrays["global_features"]) if ensemble.forest is not None else None
+        pred = blend(outs[:, :, 0], 1 / (1 + np.exp(-outs[:, :, 1])), trees, ensemble.gnn_weight)
         for j, row in enumerate(rows[lo: lo + config.batch_size]):
             results[row] = ConductivityPrediction(
                 id=str(structures[row][0]),
-                log10_sigma_mean=float(reg[:, j].mean()),
-                log10_sigma_std=float(reg[:, j].std()),
-                p_superionic=float(prob[:, j].mean()),
+                log10_sigma_mean=float(pred.log10_sigma_mean[j]),
+                log10_sigma_std=float(pred.log10_sigma_std[j]),
+                p_superionic=float(pred.p_superionic[j]),
             )
     return [r for r in results if r is not None]
 

@@ -31,9 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from htvs.checkpoints import end_epoch, resume, save_atomic, write_json_atomic
-from htvs.conductivity.baselines import LOG10_THRESHOLD, mean_baseline, random_forest_baseline, score
+from htvs.conductivity.baselines import (
+    LOG10_THRESHOLD,
+    mean_baseline,
+    paired_bootstrap_mae,
+    random_forest_baseline,
+    score,
+)
 from htvs.conductivity.cv import grouped_cv
-from htvs.conductivity.forest import ForestConfig, export_forest, fit_forest
+from htvs.conductivity.forest import ForestConfig, blend, export_forest, fit_forest
 from htvs.conductivity.graph import CrystalGraph, GraphConfig, build_graph, obelix_composition, table_global_features
 from htvs.conductivity.model import ModelConfig, build_model, collate
 from htvs.errors import InvalidInput
@@ -65,6 +71,7 @@ class ConductivityTrainConfig:
     structure_dropout: float = 0.0
     blend_weight: float | None = None
     cv_folds: int = 5
+    forest_kind: str = "extra_trees"
     forest_trees: int = 300
     forest_min_leaf: int = 2
     forest_max_features: float = 0.33
@@ -286,12 +293,17 @@ def load_member(path: Path, config: ModelConfig):
     return model
 
 
-def ensemble_predict(models, entries: Entries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(log10 sigma mean, log10 sigma std, P superionic) over members."""
+def ensemble_predict(models, entries: Entries) -> tuple[np.ndarray, np.ndarray]:
+    """(members' log10 sigma, members' P superionic), each (n_members, n)."""
     outs = [predict_entries(m, entries) for m in models]
-    reg = np.stack([o[0] for o in outs])
-    prob = np.stack([1 / (1 + np.exp(-o[1])) for o in outs])
-    return reg.mean(axis=0), reg.std(axis=0), prob.mean(axis=0)
+    return np.stack([o[0] for o in outs]), np.stack([1 / (1 + np.exp(-o[1])) for o in outs])
+
+
+def _calibration(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Mean std and the fractions of test entries within 1 and 2 std (log10 units)."""
+    err = np.abs(mean - truth)
+    return {"mean_std": float(std.mean()), "within_1_std": float(np.mean(err <= std)),
+            "within_2_std": float(np.mean(err <= 2 * std))}
 
 
 def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=None, test_frame=None,
@@ -319,9 +331,9 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         f"({int(test.has_structure.sum())} with CIF)")
     members = [train_member(run_dir, k, config, train, log) for k in range(config.n_models)]
     models = [load_member(run_dir / f"model_{m['model']}" / "best.pt", config.model) for m in members]
-    gnn_mean, gnn_std, gnn_prob = ensemble_predict(models, test)
-    forest_config = ForestConfig(config.forest_trees, config.forest_min_leaf, config.rf_seed,
-                                 config.forest_max_features)
+    gnn_members, gnn_member_p = ensemble_predict(models, test)
+    forest_config = ForestConfig(n_estimators=config.forest_trees, min_samples_leaf=config.forest_min_leaf,
+                                 seed=config.rf_seed, max_features=config.forest_max_features, kind=config.forest_kind)
     cv = None
     weight = config.blend_weight
     if weight is None:
@@ -329,20 +341,20 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         weight = cv["blend_weight"]
     forest = fit_forest(np.stack(train.globals_), train.log10_sigma, forest_config)
     export_forest(forest, run_dir / "forest")
-    forest_reg, forest_prob = forest.predict(np.stack(test.globals_))
-    mean = weight * gnn_mean + (1 - weight) * forest_reg
-    prob = weight * gnn_prob + (1 - weight) * forest_prob
-    std = weight * gnn_std
+    trees = forest.predict(np.stack(test.globals_))
+    gnn = blend(gnn_members, gnn_member_p, None, 1.0)
+    model = blend(gnn_members, gnn_member_p, trees, weight)
+    mean, prob, std = model.log10_sigma_mean, model.p_superionic, model.log10_sigma_std
     base_mean = mean_baseline(train.log10_sigma, len(test))
     rf = random_forest_baseline(train_frame, test_frame, seed=config.rf_seed)
     truth = test.log10_sigma.astype(float)
     subsets = {"all": np.ones(len(test), bool), "with_cif": test.has_structure, "without_cif": ~test.has_structure}
     table = {}
-    for name, pred in {"model": (mean, prob), "gnn_ensemble": (gnn_mean, gnn_prob), "forest": (forest_reg, forest_prob),
+    for name, pred in {"model": (mean, prob), "gnn_ensemble": (gnn.log10_sigma_mean, gnn.p_superionic),
+                       "forest": (trees.log10_sigma, trees.p_superionic),
                        "train_mean": (base_mean.log10_sigma, base_mean.p_superionic),
                        "random_forest": (rf.log10_sigma, rf.p_superionic)}.items():
         table[name] = {s: score(pred[0][m], pred[1][m], truth[m]) for s, m in subsets.items() if m.any()}
-    err = np.abs(mean - truth)
     metrics = {
         "data": "OBELiX (Therrien et al. 2026, CC BY 4.0), official train/test split",
         "censoring": "censored '<x' conductivities are trained on and scored as the bound x",
@@ -354,14 +366,18 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         "test": table,
         "blend": {
             "gnn_weight": weight,
-            "formula": "model = gnn_weight * mean(GNN members) + (1 - gnn_weight) * forest (log10 sigma and P)",
+            "formula": ("model = gnn_weight * mean(GNN members) + (1 - gnn_weight) * median(forest trees); "
+                        "P likewise with the fraction of trees >= -4; std = the mixture's (htvs.conductivity.forest.blend)"),
             "chosen_by": (f"{config.cv_folds}-fold element-set-grouped CV on the train split" if cv is not None
                           else "fixed in the training configuration"),
             "cv": cv,
             "forest": forest_config.to_dict(),
         },
-        "model_uncertainty": {"mean_std": float(std.mean()), "within_1_std": float(np.mean(err <= std)),
-                              "within_2_std": float(np.mean(err <= 2 * std))},
+        "model_vs_random_forest": {"a": "model", "b": "random_forest", "subset": "all",
+                                   **paired_bootstrap_mae(mean, rf.log10_sigma, truth)},
+        "model_uncertainty": _calibration(mean, std, truth),
+        "gnn_uncertainty": _calibration(gnn.log10_sigma_mean, gnn.log10_sigma_std, truth),
+        "forest_uncertainty": _calibration(trees.log10_sigma, trees.spread, truth),
     }
     tmp = run_dir / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
