@@ -92,11 +92,12 @@ def test_export_of_a_training_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
         ["train", "export", str(tmp_path / "run"), "--target", "band_gap", "--out", str(tmp_path / "m"),
-         "--attach", f"fold0={tmp_path / 'run'}"],
+         "--attach", f"fold0={tmp_path / 'run'}", "--note", "first line", "--note", "second line"],
     )
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "m" / "model_card.json").read_text())
     assert card["members_trained"] == 2 and card["metrics"]["test"]["n"] == 16
+    assert card["notes"] == ["first line", "second line"] and card["trained_on"].endswith("CPU, torch threads 1")
     assert card["train_config"]["seed"] == 0 and len(card["models"]) == 2
     assert card["related_runs"]["fold0"]["test"]["n"] == 16
     bad = CliRunner().invoke(app, ["train", "export", str(tmp_path / "run"), "--target", "band_gap",
@@ -118,3 +119,32 @@ def test_export_of_a_training_run(tmp_path: Path) -> None:
     onnx = ensemble.predict(test.formulas).members
     torch_preds = [predict_rows(load_member(tmp_path / "run", k, TINY), test) for k in range(2)]
     assert abs(onnx - torch_preds).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "tpu"], "device must be one of cpu, cuda"),
+        (["--time-budget", "-1"], "time_budget must be > 0"),
+        (["--time-budget", "nan"], "time_budget must be finite"),
+    ],
+)
+def test_train_composition_refuses_bad_device_and_budget(tmp_path: Path, args: list[str], message: str) -> None:
+    cli = ["train", "composition", "--target", "gap-expt", "--out", str(tmp_path / "r"), *args]
+    result = CliRunner().invoke(app, cli)
+    assert result.exit_code == EXIT_BAD_INPUT and message in result.output
+    assert not (tmp_path / "r" / "model_0").exists()
+
+
+def test_train_composition_refuses_cuda_without_a_gpu(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["train", "composition", "--target", "gap-expt", "--out", str(tmp_path / "r"), "--device", "cuda"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_BAD_INPUT and "device 'cuda' requested" in result.output
+    assert not (tmp_path / "r").exists()
+    result = CliRunner().invoke(app, ["train", "evaluate", str(tmp_path / "r"), "--device", "tpu"])
+    assert result.exit_code == EXIT_BAD_INPUT and "got 'tpu'" in result.output
+    result = CliRunner().invoke(app, ["train", "evaluate", str(tmp_path / "r")])
+    assert result.exit_code == EXIT_BAD_INPUT and "no train_config.json" in result.output

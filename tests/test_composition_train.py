@@ -113,3 +113,79 @@ def test_calibration_fractions() -> None:
     # the ensemble mean's error is ~N(0, 1) while the spread is ~1: about 68 % / 95 %
     assert 0.6 < metrics["within_1_sigma"] < 0.76
     assert 0.9 < metrics["within_2_sigma"] < 0.99
+
+
+def test_device_setting_is_checked(tmp_path: Path, small_split: DataSplit, monkeypatch) -> None:
+    import torch
+
+    from htvs.composition.train import load_member, resolve_device
+
+    with pytest.raises(InvalidInput, match="device must be one of cpu, cuda, got 'tpu'"):
+        config(device="tpu")
+    assert config().device == "cpu" and config(device="cuda").device == "cuda"  # no GPU needed to describe one
+    older = {k: v for k, v in config().to_dict().items() if k != "device"}  # a run from before the setting
+    assert TrainConfig.from_dict(older).device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidInput, match="device 'cuda' requested"):
+        resolve_device("cuda")
+    with pytest.raises(InvalidInput, match="device 'cuda' requested"):
+        train_ensemble(tmp_path / "run", config(device="cuda"), small_split, log=lambda s: None)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    train_ensemble(tmp_path / "cpu", config(n_models=1, max_epochs=1), small_split, log=lambda s: None)
+    with pytest.raises(InvalidInput, match="'gpu'"):
+        load_member(tmp_path / "cpu", 0, TINY, device="gpu")
+
+
+def test_deadline_keeps_the_best_completed_epochs(tmp_path: Path, small_split: DataSplit, monkeypatch) -> None:
+    import time
+    import types
+
+    import torch
+
+    import htvs.composition.train as train_module
+
+    clock = {"now": 0.0}
+    fake_time = types.SimpleNamespace(time=lambda: clock["now"], perf_counter=time.perf_counter)
+    monkeypatch.setattr(train_module, "time", fake_time)
+
+    def pass_deadline_after_first_epoch(line: str) -> None:
+        if "epoch 1/" in line:
+            clock["now"] = 100.0
+
+    train, val = Featurized.from_frame(small_split.train), Featurized.from_frame(small_split.val)
+    done = train_one(tmp_path, 0, config(), train, val, log=pass_deadline_after_first_epoch, deadline=10.0)
+    assert done is not None and done["epochs"] == 1 and done["stop_reason"] == "deadline"
+    assert done["device"] == "cpu" and json.loads((tmp_path / "model_0" / "done.json").read_text()) == done
+    best = torch.load(tmp_path / "model_0" / "best.pt", weights_only=True)
+    assert all(v.device.type == "cpu" for v in best.values())
+    # past the deadline before the first epoch ends: nothing is marked done
+    assert train_one(tmp_path, 1, config(), train, val, log=lambda s: None, deadline=10.0) is None
+    assert not (tmp_path / "model_1" / "done.json").exists()
+    # the ensemble scores the members finished in time and starts no more
+    metrics = train_ensemble(tmp_path, config(), small_split, log=lambda s: None, deadline=10.0)
+    assert metrics["members_trained"] == 1 and metrics["members_planned"] == 2
+    # without a deadline, a finished run reports why each member stopped
+    clock["now"] = 0.0
+    full = train_one(tmp_path / "full", 0, config(), train, val, log=lambda s: None)
+    assert full is not None and full["stop_reason"] == "max_epochs" and full["epochs"] == 3
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_trains_on_cuda_and_saves_cpu_weights(tmp_path: Path, small_split: DataSplit) -> None:
+    import torch
+
+    from htvs.composition.train import evaluate_run
+
+    gpu = config(n_models=1, max_epochs=1, device="cuda")
+    metrics = train_ensemble(tmp_path, gpu, small_split, log=lambda s: None)
+    best = torch.load(tmp_path / "model_0" / "best.pt", weights_only=True)
+    assert all(v.device.type == "cpu" for v in best.values())
+    on_cpu = evaluate_run(tmp_path, small_split, device="cpu")
+    assert on_cpu["test"]["ensemble_mae"] == pytest.approx(metrics["test"]["ensemble_mae"], abs=1e-5)

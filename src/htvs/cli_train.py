@@ -31,10 +31,17 @@ def train_composition(
     init_from: Path | None = typer.Option(None, help="Pretraining run: member k starts from its model_k."),
     cv_fold: int | None = typer.Option(None, help="Test fold for k-fold targets (gap-expt-all)."),
     cv_folds: int = typer.Option(5, help="Number of folds for k-fold targets."),
+    device: str = typer.Option("cpu", help="cpu | cuda: where members train and the test split is scored."),
+    time_budget: float | None = typer.Option(
+        None, help="Wall-clock budget in seconds: members keep their best completed epochs when it runs out."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics JSON on stdout."),
 ) -> None:
     """Train (or resume) a Roost ensemble on a bundled dataset and score it on the test split."""
+    import time
+
     from htvs.composition.train import TrainConfig, train_ensemble
+    from htvs.errors import InvalidInput, finite_number
 
     with _clear_errors():
         config = TrainConfig(
@@ -49,9 +56,15 @@ def train_composition(
             init_from=str(init_from) if init_from else None,
             cv_fold=cv_fold,
             cv_folds=cv_folds,
+            device=device,
         )
+        deadline = None
+        if time_budget is not None:
+            if finite_number("time_budget", time_budget) <= 0:
+                raise InvalidInput(f"time_budget must be > 0 seconds, got {time_budget}")
+            deadline = time.time() + time_budget
         log = (lambda line: _stderr().print(line, highlight=False))
-        metrics = train_ensemble(out, config, log=log)
+        metrics = train_ensemble(out, config, log=log, deadline=deadline)
     if as_json:
         _emit_json(metrics)
     else:
@@ -61,12 +74,13 @@ def train_composition(
 @train_app.command("evaluate")
 def train_evaluate(
     run: Path = typer.Argument(..., help="Training run directory."),
+    device: str = typer.Option("cpu", help="cpu | cuda: where the members run for scoring."),
 ) -> None:
     """Score the members finished so far on the run's test split; writes RUN/metrics.json."""
     from htvs.composition.train import evaluate_run
 
     with _clear_errors():
-        metrics = evaluate_run(run)
+        metrics = evaluate_run(run, device=device)
     _emit_json(metrics)
 
 
@@ -78,12 +92,15 @@ def train_export(
     attach: list[str] | None = typer.Option(
         None, help="NAME=RUN: add another run's metrics to the card (pretraining, ablation, CV fold)."
     ),
+    note: list[str] | None = typer.Option(
+        None, help="A line for the card's notes (caveats, the command); repeatable."
+    ),
 ) -> None:
     """Export a run's finished members to ONNX with a model card (data, split, seeds, metrics, sha256)."""
     from htvs.composition.ship import export_run, shipped_model_dir
 
     with _clear_errors():
-        card = export_run(run, out or shipped_model_dir(target), target, _related_runs(attach))
+        card = export_run(run, out or shipped_model_dir(target), target, _related_runs(attach), note)
     Console().print(f"wrote {card}")
 
 

@@ -41,7 +41,7 @@ class RoostConfig:
 
 
 def build_roost(config: RoostConfig, seed: int | None = None):
-    """An untrained aviary ``Roost`` with one regression target (float32, CPU)."""
+    """An untrained aviary ``Roost`` with one regression target (float32, on the CPU)."""
     import torch
     from aviary.roost.model import Roost
 
@@ -52,17 +52,15 @@ def build_roost(config: RoostConfig, seed: int | None = None):
     return Roost(robust=robust, n_targets=[1], task_dict={"target": "regression"}, **kwargs)
 
 
-def roost_inputs(batch: RoostBatch):
-    """Torch tensors in the order of aviary ``Roost.forward``."""
+def roost_inputs(batch: RoostBatch, device=None):
+    """Torch tensors in the order of aviary ``Roost.forward``, on ``device`` (default: CPU)."""
     import torch
 
-    return (
-        torch.from_numpy(batch.elem_weights),
-        torch.from_numpy(batch.elem_z),
-        torch.from_numpy(batch.self_idx),
-        torch.from_numpy(batch.nbr_idx),
-        torch.from_numpy(batch.cry_idx),
-    )
+    arrays = (batch.elem_weights, batch.elem_z, batch.self_idx, batch.nbr_idx, batch.cry_idx)
+    tensors = tuple(torch.from_numpy(a) for a in arrays)
+    if device is None:
+        return tensors
+    return tuple(t.to(device) for t in tensors)
 
 
 def roost_predict_torch(model, batch: RoostBatch) -> np.ndarray:

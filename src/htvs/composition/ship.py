@@ -36,14 +36,19 @@ def load_ensemble(target: str, directory: Path | None = None, threads: int | Non
 
 
 def export_run(
-    run_dir: Path, out_dir: Path, target: str, related: dict[str, Path] | None = None
+    run_dir: Path,
+    out_dir: Path,
+    target: str,
+    related: dict[str, Path] | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """Export every finished member of ``run_dir`` to ONNX in ``out_dir`` with a model card.
 
     The card carries the data/split description, the training configuration (seeds included),
     each member's training history summary and the run's ``metrics.json`` when present, plus
     the ``metrics.json`` of ``related`` runs (pretraining, ablations, cross-validation folds)
-    under ``related_runs`` so that every reported figure sits next to the model.
+    under ``related_runs`` so that every reported figure sits next to the model, the device
+    that trained the members (``trained_on``) and free-text ``notes`` (caveats, the command).
     """
     from htvs.composition.onnx_export import export_onnx, write_model_card
     from htvs.composition.train import TrainConfig, load_member
@@ -85,9 +90,21 @@ def export_run(
         "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
         "related_runs": _related_metrics(related or {}),
         "exported": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "trained_on": f"{platform.machine()} CPU, torch threads {config.threads}",
+        "trained_on": _trained_on(config.device, config.threads, [d for _, d in done]),
     }
+    if notes:
+        extra["notes"] = list(notes)
     return write_model_card(out_dir, files, target=target, units=units, extra=extra)
+
+
+def _trained_on(device: str, threads: int, done: list[dict]) -> str:
+    """``x86_64 CPU, torch threads 2`` or, for GPU runs, the GPU(s) named in the members' done.json."""
+    if device != "cuda":
+        return f"{platform.machine()} CPU, torch threads {threads}"
+    gpus = sorted({str(d.get("device", "cuda")) for d in done})
+    versions = sorted({str(d["torch"]) for d in done if "torch" in d})
+    torch_part = f", torch {', '.join(versions)}" if versions else ""
+    return f"{' + '.join(gpus)}{torch_part}, torch CPU threads {threads}"
 
 
 def attach_runs(model_dir: Path, related: dict[str, Path]) -> Path:

@@ -10,7 +10,12 @@ Layout of a run directory::
 
 Everything is loaded with ``torch.load(weights_only=True)``. Mini-batch order is a function of
 (seed, model, epoch) only, so a run killed at any point and resumed gives the same weights as
-an uninterrupted one.
+an uninterrupted one on the CPU; on a GPU (``device="cuda"``) the scatter reductions use atomics,
+so runs agree only to rounding. ``best.pt`` always holds CPU tensors, whatever the device.
+
+An optional wall-clock ``deadline`` stops training between mini-batches: the member keeps the
+best weights of its completed epochs (``best.pt`` and ``done.json`` with ``"stop_reason":
+"deadline"``; delete that ``done.json`` to resume the member from its ``checkpoint.pt``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ from htvs.composition.featurize import RoostBatch, _assemble, parse_fractions
 from htvs.composition.model import RoostConfig, build_roost, roost_inputs
 from htvs.errors import InvalidInput
 
+#: Devices training and evaluation accept (``cuda``: the first visible GPU).
+DEVICES = ("cpu", "cuda")
+
 #: The width trained for the shipped ensembles (273 k parameters, ~25 s/epoch on 81 k formulas
-#: with 2 CPU threads).
+#: with 2 CPU threads; also ~25 s/epoch per member with 10 members sharing one H200 GPU).
 SHIPPED_ROOST = RoostConfig(
     elem_fea_len=48,
     n_graph=3,
@@ -62,6 +70,7 @@ class TrainConfig:
     init_from: str | None = None  # run dir whose model_K/best.pt initialises model K
     cv_fold: int | None = None  # for k-fold targets (gap-expt-all): the test fold
     cv_folds: int = 5
+    device: str = "cpu"  # "cpu" or "cuda"; checked against the machine when training starts
 
     def __post_init__(self) -> None:
         for name in ("n_models", "max_epochs", "batch_size", "threads"):
@@ -69,6 +78,8 @@ class TrainConfig:
                 raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (0 < self.learning_rate < 1):
             raise InvalidInput(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.device not in DEVICES:
+            raise InvalidInput(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -80,6 +91,30 @@ class TrainConfig:
         data = dict(data)
         data["roost"] = RoostConfig.from_dict(data["roost"])
         return cls(**data)
+
+
+def resolve_device(name: str):
+    """``torch.device(name)`` for ``name`` in :data:`DEVICES`; InvalidInput if it is unknown or
+    if ``cuda`` is asked for on a machine (or torch build) without a usable GPU."""
+    import torch
+
+    if name not in DEVICES:
+        raise InvalidInput(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput(
+            f"device 'cuda' requested but torch {torch.__version__} sees no usable GPU "
+            "(torch.cuda.is_available() is False); use --device cpu"
+        )
+    return torch.device(name)
+
+
+def device_description(device) -> str:
+    """What trained a member, for done.json and model cards: ``cpu`` or ``cuda (<GPU name>)``."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
 
 
 @dataclass
@@ -113,16 +148,41 @@ class Featurized:
 
 
 def predict_rows(model, data: Featurized, batch_size: int = 4096) -> np.ndarray:
+    """(len(data),) float64 predictions of ``model`` on the device its parameters live on."""
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     out = np.empty(len(data), dtype=np.float64)
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             rows = np.arange(start, min(start + batch_size, len(data)))
-            (pred,) = model(*roost_inputs(data.batch(rows)))
-            out[rows] = pred[:, 0].numpy()
+            (pred,) = model(*roost_inputs(data.batch(rows), device))
+            out[rows] = pred[:, 0].cpu().numpy()
     return out
+
+
+def _train_epoch(
+    model, optimizer, train: Featurized, order: np.ndarray, batch_size: int, device, deadline: float | None
+) -> float | None:
+    """One pass over ``train`` in ``order``; the summed L1 loss (eV/atom x rows), or None if
+    ``deadline`` (``time.time()`` seconds) passed before the last mini-batch."""
+    import torch
+
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per mini-batch
+    for lo in range(0, len(order), batch_size):
+        if deadline is not None and time.time() >= deadline:
+            return None
+        rows = order[lo : lo + batch_size]
+        (pred,) = model(*roost_inputs(train.batch(rows), device))
+        target = torch.from_numpy(train.targets[rows]).to(device)
+        loss = torch.nn.functional.l1_loss(pred[:, 0], target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.detach().double() * len(rows)
+    return float(total)
 
 
 def train_one(
@@ -132,8 +192,19 @@ def train_one(
     train: Featurized,
     val: Featurized,
     log: Callable[[str], None] = print,
-) -> dict:
-    """Train (or resume) ensemble member ``k``; returns its done.json contents."""
+    deadline: float | None = None,
+) -> dict | None:
+    """Train (or resume) ensemble member ``k`` on ``config.device``.
+
+    Args:
+        deadline: optional wall-clock limit (``time.time()`` seconds since the epoch). Once it
+            has passed, training stops between mini-batches (the unfinished epoch is dropped)
+            and the best weights of the completed epochs are saved as the member's result.
+
+    Returns:
+        The member's done.json contents, or None when the deadline passed before its first
+        epoch ended (nothing is written as done then).
+    """
     import torch
 
     model_dir = run_dir / f"model_{k}"
@@ -141,6 +212,7 @@ def train_one(
     done_path = model_dir / "done.json"
     if done_path.exists():
         return json.loads(done_path.read_text())
+    device = resolve_device(config.device)
     torch.set_num_threads(config.threads)
     seed = config.seed * 1000 + k
     model = build_roost(config.roost, seed=seed)
@@ -148,10 +220,11 @@ def train_one(
         init = Path(config.init_from) / f"model_{k}" / "best.pt"
         if not init.exists():
             raise InvalidInput(f"init_from: {init} does not exist (train the pretraining run first)")
-        model.load_state_dict(torch.load(init, weights_only=True))
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     else:  # start the output at the training mean: faster, steadier L1 training
         with torch.no_grad():
             model.output_nns[0].fc_out.bias.fill_(float(np.mean(train.targets)))
+    model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -160,21 +233,16 @@ def train_one(
     )
     checkpoint = model_dir / "checkpoint.pt"
     state, best_weights = resume(checkpoint, model, optimizer, scheduler, log, f"model {k}")
-    targets = torch.from_numpy(train.targets)
+    stop_reason = ""
     while state["epoch"] < config.max_epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"]
         start = time.perf_counter()
         order = np.random.default_rng([config.seed, k, epoch]).permutation(len(train))
-        model.train()
-        total = 0.0
-        for lo in range(0, len(order), config.batch_size):
-            rows = order[lo : lo + config.batch_size]
-            (pred,) = model(*roost_inputs(train.batch(rows)))
-            loss = torch.nn.functional.l1_loss(pred[:, 0], targets[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
+        total = _train_epoch(model, optimizer, train, order, config.batch_size, device, deadline)
+        if total is None:  # the deadline passed: the unfinished epoch is dropped
+            stop_reason = "deadline"
+            log(f"model {k}: wall-clock deadline reached in epoch {epoch + 1}; keeping the best of {epoch} epochs")
+            break
         scheduler.step()
         val_mae = float(np.mean(np.abs(predict_rows(model, val) - val.targets)))
         record = {"train_mae": total / len(order), "seconds": round(time.perf_counter() - start, 1)}
@@ -185,20 +253,27 @@ def train_one(
             f"model {k} epoch {epoch + 1}/{config.max_epochs}: train MAE {total / len(order):.4f} "
             f"val MAE {val_mae:.4f}{' *' if improved else ''} ({state['history'][-1]['seconds']} s)"
         )
-    save_atomic(best_weights, model_dir / "best.pt")
+    if not stop_reason:
+        stop_reason = "max_epochs" if state["epoch"] >= config.max_epochs else "patience"
+    if state["epoch"] == 0:
+        return None  # no completed epoch: nothing worth keeping
+    save_atomic({key: v.detach().cpu() for key, v in best_weights.items()}, model_dir / "best.pt")
     result = {"model": k, "seed": seed, "epochs": state["epoch"], "best_val_mae": state["best_val"],
-              "history": state["history"]}
+              "stop_reason": stop_reason, "device": device_description(device),
+              "torch": torch.__version__, "history": state["history"]}
     write_json_atomic(result, done_path)
     return result
 
 
-def load_member(run_dir: Path, k: int, roost: RoostConfig):
-    """Ensemble member ``k``'s best weights in an aviary Roost."""
+def load_member(run_dir: Path, k: int, roost: RoostConfig, device: str = "cpu"):
+    """Ensemble member ``k``'s best weights in an aviary Roost on ``device`` (eval mode)."""
     import torch
 
+    target = resolve_device(device)
     model = build_roost(roost)
-    model.load_state_dict(torch.load(Path(run_dir) / f"model_{k}" / "best.pt", weights_only=True))
-    model.eval()
+    path = Path(run_dir) / f"model_{k}" / "best.pt"
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.to(target).eval()
     return model
 
 
@@ -224,9 +299,20 @@ def ensemble_metrics(predictions: np.ndarray, truth: np.ndarray) -> dict[str, fl
 
 
 def train_ensemble(
-    run_dir: Path, config: TrainConfig, split: DataSplit | None = None, log: Callable[[str], None] = print
+    run_dir: Path,
+    config: TrainConfig,
+    split: DataSplit | None = None,
+    log: Callable[[str], None] = print,
+    deadline: float | None = None,
 ) -> dict:
-    """Train every member (resuming), then score the ensemble; writes RUN/metrics.json."""
+    """Train every member (resuming), then score the ensemble; writes RUN/metrics.json.
+
+    Args:
+        deadline: optional wall-clock limit (``time.time()`` seconds) for the whole run: the
+            member in training keeps its best completed epochs, later members are not started,
+            and the members finished so far are scored (a partial ensemble).
+    """
+    resolve_device(config.device)  # fail before anything is written
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "train_config.json"
@@ -245,8 +331,12 @@ def train_ensemble(
     train, val, test = (Featurized.from_frame(t) for t in (split.train, split.val, split.test))
     log(f"{config.target}: {len(train)} train / {len(val)} val / {len(test)} test formulas")
     for k in range(config.n_models):
-        train_one(run_dir, k, config, train, val, log)
-    return evaluate_run(run_dir, split)
+        finished = (run_dir / f"model_{k}" / "done.json").exists()
+        if deadline is not None and time.time() >= deadline and not finished:
+            log(f"wall-clock deadline reached: members {k}..{config.n_models - 1} not trained")
+            break
+        train_one(run_dir, k, config, train, val, log, deadline=deadline)
+    return evaluate_run(run_dir, split, device=config.device)
 
 
 def finished_members(run_dir: Path) -> list[dict]:
@@ -255,13 +345,18 @@ def finished_members(run_dir: Path) -> list[dict]:
     return sorted(done, key=lambda d: d["model"])
 
 
-def evaluate_run(run_dir: Path, split: DataSplit | None = None) -> dict:
+def evaluate_run(run_dir: Path, split: DataSplit | None = None, device: str = "cpu") -> dict:
     """Score the finished members of a run (all of them, or those done so far) on its test split.
 
     Writes RUN/metrics.json; ``members_trained`` < ``members_planned`` marks a partial ensemble.
+    ``device`` is where the members run for scoring, whatever device trained them.
     """
+    resolve_device(device)
     run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(json.loads((run_dir / "train_config.json").read_text()))
+    config_path = run_dir / "train_config.json"
+    if not config_path.is_file():
+        raise InvalidInput(f"{run_dir} is not a training run (no train_config.json)")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
     split = split or load_split(
         config.target, seed=config.split_seed, cv_fold=config.cv_fold, cv_folds=config.cv_folds
     )
@@ -279,7 +374,7 @@ def evaluate_run(run_dir: Path, split: DataSplit | None = None) -> dict:
     test = Featurized.from_frame(split.test)
     if len(test):
         preds = np.stack(
-            [predict_rows(load_member(run_dir, m["model"], config.roost), test) for m in members]
+            [predict_rows(load_member(run_dir, m["model"], config.roost, device), test) for m in members]
         )
         metrics["test"] = ensemble_metrics(preds, test.targets)
     tmp = run_dir / ".metrics.json.tmp"
