@@ -291,7 +291,7 @@ def test_external_minio_values(rendered: dict[str, list[dict]]) -> None:
     (template,) = kinds(objects, "WorkflowTemplate").values()
     parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
     assert parameters["s3-secret"] == "htvs-external-s3" and parameters["s3-secure"] == "true"
-    repository = yaml.safe_load(kinds(objects, "ConfigMap")["htvs-artifact-repositories"]["data"]["minio"])
+    repository = yaml.safe_load(kinds(objects, "ConfigMap")[f"{FULLNAME}-artifact-repositories"]["data"]["minio"])
     assert repository["s3"]["endpoint"] == "minio.storage.svc.cluster.local:443"
     assert repository["s3"]["accessKeySecret"]["name"] == "htvs-external-s3"
 
@@ -319,7 +319,8 @@ def test_workflow_template_is_the_rendered_argo_file(rendered: dict[str, list[di
     """The chart's WorkflowTemplate is argo/campaign.yaml with parameter defaults from values."""
     (template,) = kinds(rendered["default"], "WorkflowTemplate").values()
     golden = yaml.safe_load((ROOT / "argo" / "campaign.yaml").read_text())
-    assert template["metadata"]["name"] == golden["metadata"]["name"] == "htvs-campaign"
+    # named per release ("htvs-campaign" for a release named htvs, as argo/campaign.yaml is)
+    assert golden["metadata"]["name"] == "htvs-campaign" and template["metadata"]["name"] == f"{FULLNAME}-campaign"
     assert template["spec"]["templates"] == golden["spec"]["templates"]
     assert template["spec"]["volumes"] == golden["spec"]["volumes"]
     parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
@@ -331,6 +332,10 @@ def test_workflow_template_is_the_rendered_argo_file(rendered: dict[str, list[di
     assert json.loads(parameters["gpu-tolerations"])[0]["key"] == "nvidia.com/gpu"
     assert template["spec"]["serviceAccountName"] == f"{FULLNAME}-workflow"
     assert template["spec"]["artifactRepositoryRef"]["configMap"] in kinds(rendered["default"], "ConfigMap")
+    assert parameters["config-map"] == f"{FULLNAME}-campaign-config"
+    # every object of the release carries the release's name, so a second release in the namespace cannot collide
+    for kind in ("WorkflowTemplate", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
+        assert all(name.startswith(FULLNAME) for name in kinds(rendered["default"], kind)), kind
     # and it is still a valid Argo document
     jsonschema = pytest.importorskip("jsonschema")
     with gzip.open(ROOT / "tests" / "data" / "argo" / "argo-workflows-schema.json.gz", "rt") as handle:

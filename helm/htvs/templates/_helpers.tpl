@@ -61,6 +61,19 @@ app.kubernetes.io/part-of: htvs
 {{- default (printf "%s-workflow" (include "htvs.fullname" .)) .Values.workflowTemplate.serviceAccount.name }}
 {{- end }}
 
+{{/* Argo objects, named per release so that two releases in one namespace do not collide. */}}
+{{- define "htvs.workflowTemplateName" -}}
+{{- default (printf "%s-campaign" (include "htvs.fullname" .)) .Values.workflowTemplate.name }}
+{{- end }}
+
+{{- define "htvs.campaignConfigMapName" -}}
+{{- default (printf "%s-campaign-config" (include "htvs.fullname" .)) .Values.workflowTemplate.configMap }}
+{{- end }}
+
+{{- define "htvs.artifactRepositoryConfigMapName" -}}
+{{- default (printf "%s-artifact-repositories" (include "htvs.fullname" .)) .Values.workflowTemplate.artifactRepository.configMap }}
+{{- end }}
+
 {{/* htvs image; pass (dict "root" $ "gpu" true) for the CUDA image. */}}
 {{- define "htvs.image" -}}
 {{- $repository := ternary .root.Values.image.gpuRepository .root.Values.image.repository (default false .gpu) }}
