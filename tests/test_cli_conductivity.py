@@ -136,6 +136,9 @@ def test_info_prints_the_model_card_metrics(runner: CliRunner) -> None:
     assert "| model | all |" in result.stdout
     payload = json.loads(runner.invoke(app, ["conductivity", "info", "--json", *MODEL_ARGS]).stdout)
     assert payload["n_models"] >= 1 and payload["test"]["model"]["all"]["n"] > 0
+    if "model_vs_random_forest" in payload:  # the shipped card (format /3) has the bootstrap and calibration
+        assert "paired bootstrap 95 % interval" in result.stdout and "within 1 std" in result.stdout
+        assert payload["model_vs_random_forest"]["ci95_low"] <= payload["model_vs_random_forest"]["mae_difference"]
 
 
 def test_structures_dedupe_finds_copies_and_refuses_bad_files(runner, files, tmp_path) -> None:

@@ -164,7 +164,8 @@ def info(
             raise ModelNotReady(f"the model card has no complete test metrics ({type(exc).__name__}: {exc})") from exc
     n_models = len(card.get("models") or [])
     if as_json:
-        keys = ("format", "target", "units", "data", "split", "censoring", "model_uncertainty", "test")
+        keys = ("format", "target", "units", "data", "split", "censoring", "model_uncertainty", "model_vs_random_forest",
+                "test")
         _emit_json(_finite_json({"n_models": n_models, **{key: card[key] for key in keys if key in card}}))
         return
     console = Console(soft_wrap=True)
@@ -174,3 +175,23 @@ def info(
     if isinstance(card.get("split"), dict):
         console.print("split: " + ", ".join(f"{k} {v}" for k, v in card["split"].items()), highlight=False)
     console.print(table, highlight=False, markup=False)
+    for line in _card_summary(card):
+        console.print(line, highlight=False, markup=False)
+
+
+def _card_summary(card: dict) -> list[str]:
+    """Blend weight, the bootstrap against the RF baseline and the calibration, where the card has them."""
+    lines = []
+    blend = card.get("blend")
+    if isinstance(blend, dict) and "gnn_weight" in blend:
+        lines.append(f"blend: GNN weight {blend['gnn_weight']} ({blend.get('chosen_by', '')})")
+    versus = card.get("model_vs_random_forest")
+    if isinstance(versus, dict) and {"mae_difference", "ci95_low", "ci95_high"} <= set(versus):
+        lines.append(f"model - random forest, MAE log10 sigma: {versus['mae_difference']:+.3f} "
+                     f"(paired bootstrap 95 % interval {versus['ci95_low']:+.3f} .. {versus['ci95_high']:+.3f}; "
+                     f"model better in {100 * versus.get('fraction_a_better', float('nan')):.0f} % of resamples)")
+    calibration = card.get("model_uncertainty")
+    if isinstance(calibration, dict) and {"within_1_std", "within_2_std"} <= set(calibration):
+        lines.append(f"uncertainty: {100 * calibration['within_1_std']:.0f} % of test errors within 1 std, "
+                     f"{100 * calibration['within_2_std']:.0f} % within 2 std (ideal 68 % / 95 %)")
+    return lines
