@@ -447,3 +447,42 @@ def test_vasp_backend_runs_the_stage_with_a_recording_in_place_of_vasp(tmp_path:
     production = tmp_path / "run" / "md_800K" / "production"
     assert (production / "htvs_done").is_file() and (production / "POTCAR.spec").is_file()
     assert (production / "POSCAR").read_text() == (tmp_path / "run" / "md_800K" / "equilibrate" / "CONTCAR").read_text()
+
+
+# --------------------------------------------------------------------------- MLIP device (no GPU, no CHGNet load)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "", "cuda:", "cuda:x", "CPU"])
+def test_mlip_device_name_is_checked_before_anything_loads(device: str) -> None:
+    from htvs.validation.mlip import MlipBackend, resolve_device
+
+    with pytest.raises(InvalidInput, match=f"device must be cpu, cuda, cuda:N or mps, got {device!r}"):
+        resolve_device(device)
+    with pytest.raises(InvalidInput, match="device must be"):
+        MlipBackend(device=device, threads=None)
+
+
+def test_mlip_cuda_without_a_gpu_is_named(monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    from htvs.validation.mlip import MlipBackend, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == "cpu" and resolve_device(None) == "cpu"
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ModelNotReady, match=f"device {device!r} asked for, but torch sees no CUDA device"):
+            resolve_device(device)
+    with pytest.raises(ModelNotReady, match="sees no CUDA device"):
+        MlipBackend(device="cuda", threads=None)
+
+
+def test_md_benchmark_step_cap() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from bench_md import SUPERCELLS, capped_steps
+    finally:
+        sys.path.pop(0)
+    assert capped_steps(20, 0.5, None, 3) == 20  # no cap: always --steps
+    assert capped_steps(20, 0.5, 4.0, 3) == 8
+    assert capped_steps(20, 0.01, 4.0, 3) == 20  # never more than asked
+    assert capped_steps(20, 10.0, 4.0, 3) == 3 and capped_steps(2, 10.0, 4.0, 3) == 2  # the floor, within --steps
+    assert {n: int(np.prod(rep)) * 8 for n, rep in SUPERCELLS.items()} == {n: n for n in SUPERCELLS}

@@ -40,7 +40,14 @@ def weights_path() -> Path:
 
 
 def resolve_device(device: str | None) -> str:
-    """``device`` or, when None, ``"cuda"`` if torch sees a GPU else ``"cpu"``."""
+    """``device`` or, when None, ``"cuda"`` if torch sees a GPU else ``"cpu"``.
+
+    Raises:
+        InvalidInput: not one of cpu, cuda, cuda:N, mps (the names ``ValidationConfig`` takes).
+        ModelNotReady: a CUDA device asked for where torch sees none.
+    """
+    if device is not None and not _known_device(device):
+        raise InvalidInput(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
     import torch
 
     if device is not None:
@@ -48,6 +55,14 @@ def resolve_device(device: str | None) -> str:
             raise ModelNotReady(f"device {device!r} asked for, but torch sees no CUDA device")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _known_device(device: object) -> bool:
+    if not isinstance(device, str):
+        return False
+    if device.startswith("cuda:"):
+        return device[5:].isdigit()
+    return device in ("cpu", "cuda", "mps")
 
 
 def load_chgnet(device: str | None = None):
