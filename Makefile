@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 ## The main job on the embedded default (no cluster): the demo campaign, then known windows.
 demo: $(STAMP)
 	$(BIN)/htvs campaign run configs/demo.yaml --out $(DEMO_OUT)
+	$(BIN)/htvs campaign plot $(DEMO_OUT)
 	$(BIN)/htvs window Li7La3Zr2O12 Li3PS4 Li10GeP2S12 Li6PS5Cl Li3InCl6 Li3PO4 Li3ClSO4
 
 ## gRPC stubs from protos/htvs/v1 (also done by install; never edit the generated files).

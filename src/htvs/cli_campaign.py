@@ -79,6 +79,22 @@ def campaign_run(
     Console().print(f"tables, funnel.json and candidates.csv in {out}")
 
 
+@campaign_app.command("plot")
+def campaign_plot(
+    out: Path = typer.Argument(..., help="A campaign's --out folder (funnel.json, screen.parquet, conductivity.parquet)."),
+    plots: Path | None = typer.Option(None, "--plots", help="Where the PNGs go (default OUT/plots)."),
+) -> None:
+    """Draw the funnel, the composition screen (E_hull vs phi_ox) and the conductivity scores as PNGs."""
+    from htvs.campaign.plots import plot_campaign
+
+    with _clear_errors():
+        result = plot_campaign(out, plots)
+    for path in result.written:
+        Console().print(f"wrote {path}", highlight=False)
+    for name, why in result.skipped.items():
+        _stderr().print(f"skipped {name}: {why}", highlight=False)
+
+
 @campaign_app.command("stage")
 def campaign_stage(
     step: str = typer.Argument(
