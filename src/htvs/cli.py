@@ -45,6 +45,9 @@ def _register_subcommands() -> None:
     from htvs.cli_validate import validate
 
     app.command("validate")(validate)
+    from htvs.cli_generate import register as register_generation
+
+    register_generation(app, train_app)
 
 
 @app.command()

@@ -1,0 +1,126 @@
+"""``htvs generate`` and ``htvs train generator*``: stage 5, crystal structure prediction (DiffCSP-style).
+
+Thin shells around :mod:`htvs.generation`; torch and the model load only when a command runs.
+The generator is trained on perov_5 *val* because the train split is not available here, and
+evaluated on perov_5 *test*.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from htvs.cli_output import EXIT_BAD_INPUT, _clear_errors, _emit_json, _stderr
+
+
+def train_generator(
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoint, history, metrics); resumed if it exists."),
+    max_steps: int = typer.Option(20_000, min=1, help="Total optimizer steps."),
+    batch_size: int = typer.Option(128, min=1, help="Crystals per step."),
+    learning_rate: float = typer.Option(1e-3, help="Adam learning rate (after a linear warm-up)."),
+    seed: int = typer.Option(0, help="Seed of the initial weights, batches and noise."),
+    threads: int = typer.Option(1, min=1, help="torch intra-op threads."),
+    time_budget: float = typer.Option(0.0, min=0.0, help="Stop (after a checkpoint) after S seconds; 0: no limit."),
+    checkpoint_every: int = typer.Option(250, min=1, help="Steps between checkpoints."),
+    eval_structures: int = typer.Option(500, min=0, help="perov_5 test crystals evaluated after training (0: skip)."),
+) -> None:
+    """Train the stage-5 generator on perov_5 val (train split not available here); resumable, fixed seeds."""
+    with _clear_errors():
+        from htvs.generation.train import TrainConfig, train_generator as run
+
+        config = TrainConfig(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                             threads=threads, time_budget_s=time_budget, checkpoint_every=checkpoint_every)
+        summary = run(out, config, log=lambda line: print(line, flush=True))
+        print(f"generator: {summary['step']} steps, {summary['seconds']:.0f} s of training in {out}", flush=True)
+        if eval_structures:
+            _evaluate(out, eval_structures, 0, threads)
+
+
+def _evaluate(run: Path, n_structures: int, seed: int, threads: int) -> dict:
+    from htvs.generation.evaluate import evaluate_run
+
+    metrics = evaluate_run(run, n_structures=n_structures, seed=seed, threads=threads,
+                           log=lambda line: print(line, flush=True))
+    print(json.dumps(metrics, indent=1), flush=True)
+    return metrics
+
+
+def evaluate_generator(
+    run: Path = typer.Argument(..., help="Run directory of `htvs train generator`."),
+    n_structures: int = typer.Option(500, min=1, help="perov_5 test crystals (fixed-seed subset)."),
+    seed: int = typer.Option(0, help="Seed of the subset and of the samples."),
+    threads: int = typer.Option(1, min=1, help="torch intra-op threads."),
+) -> None:
+    """CSP match rate and normalized RMSE (1 sample per composition) of the run and of a random baseline."""
+    with _clear_errors():
+        _evaluate(run, n_structures, seed, threads)
+
+
+def export_generator(
+    run: Path = typer.Argument(..., help="Run directory of `htvs train generator` (with metrics.json)."),
+    out: Path | None = typer.Option(None, "--out", help="Model folder (default: the shipped src/htvs/models/generator)."),
+) -> None:
+    """Write the EMA weights (torch state dict) and model_card.json."""
+    with _clear_errors():
+        from htvs.generation.stage import export_generator as run_export
+
+        folder = run_export(run, out)
+    Console().print(f"generator exported to {folder}", highlight=False)
+
+
+def generate(
+    formulas: list[str] = typer.Argument(..., help="Compositions, e.g. SrTiO3 (atom counts of the cell as written)."),
+    n_samples: int = typer.Option(1, "--n-samples", "-n", help="Candidate structures per formula."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the CIF files (FORMULA_SAMPLE.cif)."),
+    seed: int = typer.Option(0, help="Seed of the sampler (same seed, same structures)."),
+    max_atoms: int = typer.Option(20, "--max-atoms", min=1, help="Largest cell generated (atoms)."),
+    max_samples: int = typer.Option(100, "--max-samples", min=1, help="Largest --n-samples accepted."),
+    step_lr: float = typer.Option(1e-5, help="Langevin corrector step scale (0: predictor only)."),
+    threads: int = typer.Option(1, min=1, help="torch intra-op threads."),
+    model_dir: Path | None = typer.Option(None, "--model", help="Generator folder (default: the shipped one)."),
+    as_json: bool = typer.Option(False, "--json", help='One JSON line per structure: {"formula", "sample", "cif"}.'),
+) -> None:
+    """Stage 5: generate candidate crystal structures for compositions (DiffCSP-style diffusion).
+
+    A formula that cannot be parsed, holds an element the model has no trained embedding for, or
+    has more atoms than --max-atoms is reported (stderr; an error row with --json) and the others
+    are generated. Exit status 2 when nothing was generated or an option is out of range.
+    """
+    with _clear_errors():
+        from htvs.generation.stage import GenerationConfig, GenerationError, generate_structures, load_generator
+
+        config = GenerationConfig(n_samples=n_samples, max_atoms=max_atoms, max_samples=max_samples, seed=seed,
+                                  step_lr=step_lr, threads=threads)
+        model = load_generator(model_dir)
+        results = generate_structures(formulas, model, config)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    generated = 0
+    for result in results:
+        if isinstance(result, GenerationError):
+            _stderr().print(f"[bold red]error:[/] {result.error}", highlight=False)
+            if as_json:
+                _emit_json({"formula": result.formula, "error": result.error})
+            continue
+        generated += 1
+        if out is not None:
+            safe = re.sub(r"[^A-Za-z0-9().-]", "_", result.formula)
+            (out / f"{safe}_{result.sample}.cif").write_text(result.cif)
+        if as_json:
+            _emit_json({"formula": result.formula, "sample": result.sample, "cif": result.cif})
+        else:
+            Console().print(f"{result.formula} sample {result.sample}: {result.summary()}", highlight=False)
+    if not generated:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    """Add ``htvs generate`` and ``htvs train generator|generator-evaluate|generator-export``."""
+    app.command("generate")(generate)
+    train_app.command("generator")(train_generator)
+    train_app.command("generator-evaluate")(evaluate_generator)
+    train_app.command("generator-export")(export_generator)
