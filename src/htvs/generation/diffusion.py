@@ -20,23 +20,26 @@ import torch
 N_IMAGES = 5
 
 
-def wrapped_normal_log_density(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """Elementwise log density of the wrapped normal on [0, 1) with period 1."""
+def _periodic_images(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor | float):
+    """(z, s, sigma_t): the offsets ``x - mean`` over the nearest 2 N_IMAGES + 1 periodic images
+    (last axis) and sigma shaped to broadcast against them."""
     sigma_t = torch.as_tensor(sigma, dtype=x.dtype)
     images = torch.arange(-N_IMAGES, N_IMAGES + 1, dtype=x.dtype)
     d = torch.remainder(x - mean + 0.5, 1.0) - 0.5
     z = d.unsqueeze(-1) + images
     s = sigma_t.unsqueeze(-1) if sigma_t.dim() else sigma_t
+    return z, s, sigma_t
+
+
+def wrapped_normal_log_density(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """Elementwise log density of the wrapped normal on [0, 1) with period 1."""
+    z, s, sigma_t = _periodic_images(x, mean, sigma)
     return torch.logsumexp(-(z**2) / (2 * s**2), dim=-1) - torch.log(sigma_t * math.sqrt(2 * math.pi))
 
 
 def wrapped_normal_score(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """d/dx log of the wrapped normal density (periodic in ``x`` with period 1)."""
-    sigma_t = torch.as_tensor(sigma, dtype=x.dtype)
-    images = torch.arange(-N_IMAGES, N_IMAGES + 1, dtype=x.dtype)
-    d = torch.remainder(x - mean + 0.5, 1.0) - 0.5
-    z = d.unsqueeze(-1) + images
-    s = sigma_t.unsqueeze(-1) if sigma_t.dim() else sigma_t
+    z, s, _ = _periodic_images(x, mean, sigma)
     weights = torch.softmax(-(z**2) / (2 * s**2), dim=-1)
     return (weights * (-z / s**2)).sum(-1)
 
