@@ -7,7 +7,6 @@ written yet). The model is passed in: :func:`load_generator` reads the shipped w
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -89,7 +88,9 @@ def default_model_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from htvs.composition.onnx_export import sha256_of  # the project's one file-hash helper
+
+    return sha256_of(path)
 
 
 def load_generator(directory: str | Path | None = None) -> Generator:
