@@ -171,7 +171,7 @@ def test_missing_folder_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-folder"
     with pytest.raises(InvalidInput, match="no-such-folder"):
         FolderSource(missing).load()
-    with pytest.raises(InvalidInput, match="neither 'bundled', 'mp' nor an existing folder"):
+    with pytest.raises(InvalidInput, match="is neither a source name .* nor an existing folder"):
         load_prototypes(str(missing))
     with pytest.raises(InvalidInput, match="is not a folder"):
         FolderSource(FOLDER / "LiFePO4.json").load()

@@ -167,3 +167,117 @@ def load_obelix_cifs() -> tuple[CifText, ...]:
             text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace").read()
             out.append(CifText(id=Path(member.name).stem, text=text))
     return tuple(sorted(out, key=lambda c: c.id))
+
+
+# --------------------------------------------------------------------------- MP structures
+
+#: The Li-containing subset of the 2018 MP structure snapshot, shipped inside the package.
+MP_LI_STRUCTURES = "mp_structures/mp_li_structures.jsonl.gz"
+#: The full 36,737-structure snapshot: in the repository's ``data/`` folder, not in the wheel.
+MP_ALL_STRUCTURES = "mp_structures/mp_structures.jsonl.gz"
+#: Environment variable naming a folder that holds ``mp_structures/mp_structures.jsonl.gz``.
+DATA_DIR_ENV = "HTVS_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class MPStructureRecord:
+    """One Materials Project structure of the 2018 snapshot used by CGCNN (Xie & Grossman 2018).
+
+    Attributes:
+        material_id: the MP id, e.g. ``"mp-1001079"``.
+        formula_sum: the cell contents as MP writes them, e.g. ``"Li2 C4 N4"``.
+        formation_energy_per_atom: eV/atom, MP legacy corrections (2018).
+        band_gap: PBE band gap, eV.
+        cif: the ordered structure as a pymatgen-written CIF (P1).
+    """
+
+    material_id: str
+    formula_sum: str
+    formation_energy_per_atom: float
+    band_gap: float
+    cif: str
+
+    def element_counts(self) -> dict[str, int]:
+        """Element symbol -> atoms in the cell, read from ``formula_sum`` (no CIF parse)."""
+        counts: dict[str, int] = {}
+        for token in self.formula_sum.split():
+            match = _SUM_TOKEN.fullmatch(token)
+            if match is None:
+                raise DataNotFound(f"{self.material_id}: unreadable formula_sum token {token!r}")
+            symbol, digits = match.groups()
+            counts[symbol] = counts.get(symbol, 0) + (int(digits) if digits else 1)
+        return counts
+
+
+_SUM_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
+
+
+def read_mp_structures(path: Path | str) -> tuple[MPStructureRecord, ...]:
+    """Every record of an MP-snapshot JSON-lines file (gzipped), in file order.
+
+    Raises:
+        DataNotFound: the file is missing, or a line is not a record (the message names the
+            line number and the missing field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFound(f"MP structure file {str(path)!r} not found")
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out.append(
+                    MPStructureRecord(
+                        material_id=str(row["material_id"]),
+                        formula_sum=str(row["formula_sum"]),
+                        formation_energy_per_atom=float(row["formation_energy_per_atom"]),
+                        band_gap=float(row["band_gap"]),
+                        cif=str(row["cif"]),
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise DataNotFound(f"{path.name} line {number} is not an MP structure record: {e!r}") from e
+    return tuple(out)
+
+
+@functools.cache
+def load_mp_li_structures() -> tuple[MPStructureRecord, ...]:
+    """The 5,255 Li-containing structures of the 2018 MP snapshot (bundled in the package)."""
+    return read_mp_structures(data_path(MP_LI_STRUCTURES))
+
+
+def mp_structures_path(data_dir: Path | str | None = None) -> Path:
+    """Where the full 36,737-structure MP snapshot is: ``data_dir``, else ``$HTVS_DATA_DIR``,
+    else the ``data/`` folder of the source checkout htvs is installed from (editable install).
+
+    The file is training data, not part of the installed wheel.
+
+    Raises:
+        DataNotFound: it is in none of these places (the message lists where it looked).
+    """
+    import os
+
+    candidates = []
+    if data_dir is not None:
+        candidates.append(Path(data_dir))
+    elif os.environ.get(DATA_DIR_ENV):
+        candidates.append(Path(os.environ[DATA_DIR_ENV]))
+    else:
+        candidates.append(Path(__file__).resolve().parents[2] / "data")
+    for folder in candidates:
+        path = folder / MP_ALL_STRUCTURES
+        if path.is_file():
+            return path
+    looked = ", ".join(str(folder / MP_ALL_STRUCTURES) for folder in candidates)
+    raise DataNotFound(
+        f"the full MP structure snapshot is not at {looked}; it ships in the repository's data/ folder "
+        f"(not in the wheel): run from a source checkout or set {DATA_DIR_ENV}"
+    )
+
+
+def load_mp_structures(data_dir: Path | str | None = None) -> tuple[MPStructureRecord, ...]:
+    """All 36,737 structures of the 2018 MP snapshot (see :func:`mp_structures_path`)."""
+    return read_mp_structures(mp_structures_path(data_dir))

@@ -20,11 +20,20 @@ class _Section(BaseModel):
 
 
 class PrototypesSection(_Section):
-    """Where prototypes come from: ``bundled``, ``mp`` (MP_API_KEY) or a folder path."""
+    """Where prototypes come from: a source name (``mp-2018``, ``obelix``, ``mp`` with
+    MP_API_KEY) or a folder path; ``ids`` keeps only the listed prototype ids (null: all)."""
 
-    source: str = "bundled"
+    source: str = "mp-2018"
     max_atoms: int = Field(200, ge=1, le=10_000)
     n_elements: tuple[int, ...] = (3, 4)
+    ids: tuple[str, ...] | None = None
+
+    @field_validator("ids")
+    @classmethod
+    def _some_ids(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("ids must list at least one prototype id, or be null for all")
+        return value
 
 
 class SubstitutionSection(_Section):
@@ -155,11 +164,24 @@ def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> C
         if not (path / "model_card.json").is_file():
             raise InvalidInput(f"conductivity.models: no model_card.json in {path}")
     source = config.prototypes.source
-    if source not in ("bundled", "mp"):
+    if not is_source_name(source):
         path = Path(source) if Path(source).is_absolute() else base / source
         if not path.is_dir():
-            raise InvalidInput(f"prototypes.source: folder {path} does not exist")
+            from htvs.prototypes import SOURCE_NAMES
+
+            names = ", ".join(repr(n) for n in SOURCE_NAMES)
+            raise InvalidInput(
+                f"prototypes.source: {source!r} is neither a source name ({names}) nor a folder "
+                f"({path} does not exist)"
+            )
     return config
+
+
+def is_source_name(source: str) -> bool:
+    """Whether ``source`` names a prototype source rather than a folder."""
+    from htvs.prototypes import SOURCE_NAMES
+
+    return source in SOURCE_NAMES
 
 
 def validation_config(config: CampaignConfig):
@@ -240,7 +262,7 @@ def resolve_paths(config: CampaignConfig, base: Path) -> CampaignConfig:
         }
     )
     source = config.prototypes.source
-    if source not in ("bundled", "mp") and not Path(source).is_absolute():
+    if not is_source_name(source) and not Path(source).is_absolute():
         source = str(base / source)
     prototypes = config.prototypes.model_copy(update={"source": source})
     models = config.conductivity.models

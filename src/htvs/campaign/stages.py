@@ -125,11 +125,12 @@ def run_prototypes(store: ArtifactStore, config: CampaignConfig) -> StageManifes
         loaded = load_prototypes(
             section.source,
             PrototypeFilter(max_atoms=section.max_atoms, allowed_n_elements=tuple(section.n_elements)),
+            ids=section.ids,
         )
         lines = [
             json.dumps(
                 {"id": p.id, "source": p.source, "species_amounts": p.species_amounts,
-                 "structure": p.structure.as_dict()}
+                 "provenance": dict(p.provenance), "structure": p.structure.as_dict()}
             )
             for p in loaded.prototypes
         ]
@@ -249,7 +250,9 @@ def read_prototypes(store: ArtifactStore, key: str) -> dict:
     for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
-            out[row["id"]] = Prototype.from_structure(row["id"], row["source"], Structure.from_dict(row["structure"]))
+            out[row["id"]] = Prototype.from_structure(
+                row["id"], row["source"], Structure.from_dict(row["structure"]), row.get("provenance")
+            )
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pymatgen.core import Structure
@@ -41,13 +42,20 @@ class Collector:
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append(SkippedInput(name=name, reason=reason))
 
-    def admit(self, prototype_id: str, name: str, structure: Structure) -> None:
+    def admit(
+        self,
+        prototype_id: str,
+        name: str,
+        structure: Structure,
+        provenance: Mapping[str, str | float | int] | None = None,
+    ) -> None:
         """Add ``structure`` as prototype ``prototype_id`` if the filter passes it.
 
         Args:
             prototype_id: the id it gets.
             name: how a skipped input is reported (file name or id).
             structure: as read; oxidation states are removed.
+            provenance: recorded on the prototype (see :class:`Prototype`).
         """
         try:
             structure = element_structure(structure)
@@ -65,7 +73,7 @@ class Collector:
         if reason is not None:
             self.skip(name, reason)
             return
-        self.prototypes.append(Prototype.from_structure(prototype_id, self.source, structure))
+        self.prototypes.append(Prototype.from_structure(prototype_id, self.source, structure, provenance))
 
     def _admit_approximant(self, prototype_id: str, structure: Structure, disorder: str) -> str:
         """Try an ordered approximant; return the reason the disordered input is skipped."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pymatgen.core import Structure
@@ -18,21 +19,32 @@ class Prototype:
         structure: the ordered pymatgen structure (every site fully occupied by one element).
         species_amounts: element symbol -> number of atoms of that element in ``structure``'s
             cell (integers), in order of first appearance in the structure.
+        provenance: where the structure comes from, as JSON-ready values (e.g. ``database``,
+            ``material_id``, ``formation_energy_per_atom`` in eV/atom, ``band_gap`` in eV,
+            ``licence``); empty when the source knows nothing beyond the file.
     """
 
     id: str
     source: str
     structure: Structure = field(repr=False, compare=False)
     species_amounts: dict[str, int] = field(compare=False)
+    provenance: Mapping[str, str | float | int] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_structure(cls, id: str, source: str, structure: Structure) -> Prototype:
+    def from_structure(
+        cls,
+        id: str,
+        source: str,
+        structure: Structure,
+        provenance: Mapping[str, str | float | int] | None = None,
+    ) -> Prototype:
         """Build a prototype from an ordered structure (the caller checks orderedness)."""
         amounts: dict[str, int] = {}
         for site in structure:
             symbol = site.specie.symbol
             amounts[symbol] = amounts.get(symbol, 0) + 1
-        return cls(id=id, source=source, structure=structure, species_amounts=amounts)
+        return cls(id=id, source=source, structure=structure, species_amounts=amounts,
+                   provenance=dict(provenance or {}))
 
     @property
     def n_elements(self) -> int:

@@ -1,9 +1,10 @@
-"""Prototype sources behind one interface: the bundled set, a local folder, Materials Project.
+"""Prototype sources behind one interface: the bundled sets, a local folder, Materials Project.
 
 Every source returns a :class:`~htvs.prototypes.records.PrototypeSet`: the prototypes that
 pass its :class:`~htvs.prototypes.filters.PrototypeFilter`, sorted by id (ids unique), and
 every input it did not load with the reason. :func:`load_prototypes` picks a source from a
-short spec string (``"bundled"``, ``"mp"`` or a folder path).
+short spec string: a name in :data:`SOURCE_NAMES` (``"mp-2018"``, ``"obelix"``, ``"mp"``) or a
+folder path.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from htvs.prototypes.records import Prototype, PrototypeSet
 logger = logging.getLogger(__name__)
 
 BUNDLED_SPEC = "bundled"
+OBELIX_SPEC = "obelix"
+MP_2018_SPEC = "mp-2018"
 MATERIALS_PROJECT_SPEC = "mp"
 
 
@@ -179,7 +182,7 @@ class BundledSource:
 def _copy_set(prototypes: PrototypeSet) -> PrototypeSet:
     return PrototypeSet(
         prototypes=tuple(
-            Prototype(p.id, p.source, p.structure.copy(), dict(p.species_amounts))
+            Prototype(p.id, p.source, p.structure.copy(), dict(p.species_amounts), dict(p.provenance))
             for p in prototypes.prototypes
         ),
         skipped=prototypes.skipped,
@@ -232,39 +235,92 @@ def _pymatgen_structure_files() -> list[tuple[str, Callable[[], str]]]:
 # --------------------------------------------------------------------------- dispatch
 
 
-def source_from_spec(
-    spec: str | os.PathLike[str], prototype_filter: PrototypeFilter | None = None
-) -> PrototypeSource:
-    """The source a spec names: ``"bundled"``, ``"mp"`` (Materials Project) or a folder path.
+#: The named prototype sources (anything else is a folder path).
+SOURCE_NAMES: dict[str, str] = {
+    MP_2018_SPEC: "4,320 Li ternary/quaternary structures of the 2018 Materials Project snapshot (bundled)",
+    OBELIX_SPEC: "82 prototypes from the OBELiX CIFs and pymatgen's structures (bundled)",
+    BUNDLED_SPEC: f"the older name of {OBELIX_SPEC!r}",
+    MATERIALS_PROJECT_SPEC: "the live Materials Project API (needs MP_API_KEY and the network)",
+}
 
-    A folder literally named ``bundled`` or ``mp`` is given as ``./bundled``.
+
+def source_from_spec(
+    spec: str | os.PathLike[str],
+    prototype_filter: PrototypeFilter | None = None,
+    ids: tuple[str, ...] | None = None,
+) -> PrototypeSource:
+    """The source a spec names: one of :data:`SOURCE_NAMES` or a folder path.
+
+    A folder literally named like a source is given as ``./obelix``.
+
+    Args:
+        spec: the name or folder.
+        prototype_filter: which structures become prototypes (default: Li ternary/quaternary).
+        ids: keep only these prototype ids (None: all); an id the source lacks is refused.
 
     Raises:
-        InvalidInput: the spec is none of these (the message names it).
+        InvalidInput: the spec is neither a source name nor an existing folder (the message
+            names it and lists the names).
     """
     flt = prototype_filter or PrototypeFilter()
-    if isinstance(spec, str) and spec == BUNDLED_SPEC:
-        return BundledSource(prototype_filter=flt)
-    if isinstance(spec, str) and spec == MATERIALS_PROJECT_SPEC:
+    source: PrototypeSource
+    if isinstance(spec, str) and spec == MP_2018_SPEC:
+        from htvs.prototypes.mp_snapshot import MPSnapshotSource
+
+        return MPSnapshotSource(prototype_filter=flt, ids=ids)
+    if isinstance(spec, str) and spec in (BUNDLED_SPEC, OBELIX_SPEC):
+        source = BundledSource(prototype_filter=flt)
+    elif isinstance(spec, str) and spec == MATERIALS_PROJECT_SPEC:
         from htvs.prototypes.materials_project import MaterialsProjectSource
 
-        return MaterialsProjectSource(prototype_filter=flt)
-    path = Path(spec)
-    if not path.is_dir():
-        raise InvalidInput(
-            f"prototype source {str(spec)!r} is neither {BUNDLED_SPEC!r}, "
-            f"{MATERIALS_PROJECT_SPEC!r} nor an existing folder"
+        source = MaterialsProjectSource(prototype_filter=flt)
+    else:
+        path = Path(spec)
+        if not path.is_dir():
+            names = ", ".join(repr(name) for name in SOURCE_NAMES)
+            what = "folder" if ("/" in str(spec) or os.sep in str(spec)) else "prototype source"
+            raise InvalidInput(
+                f"{what} {str(spec)!r} is neither a source name ({names}) nor an existing folder"
+            )
+        source = FolderSource(folder=path, prototype_filter=flt)
+    return source if ids is None else SelectedIds(source, tuple(ids))
+
+
+@dataclass(frozen=True)
+class SelectedIds:
+    """Only the prototypes of ``inner`` whose id is in ``ids``.
+
+    Raises (on load):
+        InvalidInput: an id is neither loaded nor skipped by ``inner`` (a typo).
+    """
+
+    inner: PrototypeSource
+    ids: tuple[str, ...]
+
+    def load(self) -> PrototypeSet:
+        loaded = self.inner.load()
+        wanted = set(self.ids)
+        known = {p.id for p in loaded.prototypes} | {s.name for s in loaded.skipped}
+        missing = sorted(wanted - known)
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise InvalidInput(f"{len(missing)} prototype id(s) are not in the source: {shown}")
+        return PrototypeSet(
+            prototypes=tuple(p for p in loaded.prototypes if p.id in wanted),
+            skipped=tuple(s for s in loaded.skipped if s.name in wanted),
         )
-    return FolderSource(folder=path, prototype_filter=flt)
 
 
 def load_prototypes(
-    spec: str | os.PathLike[str], prototype_filter: PrototypeFilter | None = None
+    spec: str | os.PathLike[str],
+    prototype_filter: PrototypeFilter | None = None,
+    ids: tuple[str, ...] | None = None,
 ) -> PrototypeSet:
     """Load the prototypes a spec names (see :func:`source_from_spec`) with default options.
 
-    Construct :class:`BundledSource`, :class:`FolderSource` or
+    Construct :class:`BundledSource`, :class:`FolderSource`,
+    :class:`~htvs.prototypes.mp_snapshot.MPSnapshotSource` or
     :class:`~htvs.prototypes.materials_project.MaterialsProjectSource` directly for
     source-specific options.
     """
-    return source_from_spec(spec, prototype_filter).load()
+    return source_from_spec(spec, prototype_filter, ids).load()
