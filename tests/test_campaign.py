@@ -123,9 +123,9 @@ def test_changed_threshold_reruns_only_the_screen(tmp_path: Path, models) -> Non
             calls.append("predict")
             return super().predict(formulas, config)
 
-        def screen(self, predictions, config):
+        def screen(self, predictions, config, progress=None):
             calls.append("screen")
-            return super().screen(predictions, config)
+            return super().screen(predictions, config, progress)
 
     stricter = write_config(tmp_path / "b.yaml", models, screening={"min_band_gap_ev": 100.0})
     funnel = run_campaign(load_campaign(stricter), store, tmp_path / "b", backend=Counting())

@@ -3,43 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from htvs.cli_output import (
     _clear_errors,
     _emit_json,
-    _stderr,
+    _step_progress,
 )
 
 campaign_app = typer.Typer(help="Screening campaigns: the whole funnel, or one step (Argo).", no_args_is_help=True)
 
 _STORE_HELP = "Artifact store: a directory (default OUT/store) or s3://bucket/prefix (HTVS_S3_* env)."
-
-
-@contextmanager
-def _stage_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """One rich progress bar per campaign step."""
-    if not enabled:
-        yield lambda step, done, total: None
-        return
-    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_stderr()) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(step: str, done: int, total: int) -> None:
-            if step not in tasks:
-                tasks[step] = bar.add_task(step, total=total)
-            bar.update(tasks[step], completed=done, total=total)
-
-        yield update
 
 
 @campaign_app.command("run")
@@ -67,7 +45,7 @@ def campaign_run(
 
             backend = GrpcBackend(parse_services(services))
         store = open_store(store_url or (out / "store"), create_bucket=True)
-        with _stage_progress(not as_json) as progress:
+        with _step_progress(not as_json) as progress:
             funnel = run_campaign(config, store, out, backend=backend, progress=progress)
     if as_json:
         _emit_json(funnel)
@@ -110,7 +88,9 @@ def campaign_stage(
 
     with _clear_errors():
         config = load_campaign(config_path)
-        result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard)
+        with _step_progress(True) as progress:
+            result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard,
+                              progress=progress)
     if isinstance(result, StageManifest):
         _emit_json(json.loads(result.model_dump_json()))
     else:

@@ -102,8 +102,10 @@ def screen_compositions(
     candidates = np.flatnonzero(pass_ef)
     if progress:
         progress("hull", 0, candidates.size)
+    total = candidates.size
     hull_rows = e_above_hull_many(
-        hull, table["formula"].to_numpy()[candidates].tolist(), e_form[candidates].tolist()
+        hull, table["formula"].to_numpy()[candidates].tolist(), e_form[candidates].tolist(),
+        progress=(lambda done: progress("hull", done, total)) if progress else None,
     )
     e_hull = np.full(n, np.nan)
     for i, row in zip(candidates.tolist(), hull_rows):
@@ -121,8 +123,10 @@ def screen_compositions(
     candidates = np.flatnonzero(pass_gap)
     if progress:
         progress("window", 0, candidates.size)
+    total = candidates.size
     windows = electrochemical_windows(
-        hull, table["formula"].to_numpy()[candidates].tolist(), e_form[candidates].tolist()
+        hull, table["formula"].to_numpy()[candidates].tolist(), e_form[candidates].tolist(),
+        progress=(lambda done: progress("window", done, total)) if progress else None,
     )
     phi_red = np.full(n, np.nan)
     phi_ox = np.full(n, np.nan)

@@ -211,7 +211,7 @@ class GrpcBackend:
 
         return pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
 
-    def screen(self, predictions: pd.DataFrame, config):
+    def screen(self, predictions: pd.DataFrame, config, progress=None):
         from htvs.grpc.gen import composition_pb2 as pb
         from htvs.screening import ScreenResult
 

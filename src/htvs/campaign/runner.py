@@ -26,6 +26,7 @@ from htvs.campaign.stages import (
     run_screen,
     run_structures,
     run_substitute,
+    shard_rows,
 )
 from htvs.errors import InvalidInput
 from htvs.store import ArtifactStore, StageManifest
@@ -47,7 +48,9 @@ OUTPUT_FILES = (
     "structure_candidates.csv",
 )
 
-Progress = Callable[[str, int, int], None]
+#: ``(step, done, total)``: a step's progress in its own units (formulas, structures, ...);
+#: ``total`` None means "started, size not known yet".
+Progress = Callable[[str, int, "int | None"], None]
 #: The funnel's steps, in order (funnel.json is written in this order).
 FUNNEL_ORDER = (
     "prototypes",
@@ -72,8 +75,13 @@ def ordered_funnel(funnel: dict) -> dict:
     return {**known, **{k: v for k, v in funnel.items() if k not in known}}
 
 
-def _quiet(step: str, done: int, total: int) -> None:
+def _quiet(step: str, done: int, total: int | None) -> None:
     return None
+
+
+def _finished(progress: Progress, step: str, count: int) -> None:
+    """Report ``step`` complete with its count (also when its manifest made it a cache hit)."""
+    progress(step, count, count)
 
 
 def report_prefix(config: CampaignConfig) -> str:
@@ -108,49 +116,48 @@ def run_step(
     if step not in STEPS:
         raise InvalidInput(f"unknown campaign step {step!r}; choose from {list(STEPS)}")
     backend = backend or InProcessBackend()
-    progress("prototypes", 0, 1)
+    progress("prototypes", 0, None)
     prototypes = run_prototypes(store, config)
-    progress("prototypes", 1, 1)
+    _finished(progress, "prototypes", prototypes.row_counts["prototypes"])
     if step == "prototypes":
         return prototypes
-    progress("substitute", 0, 1)
+    progress("substitute", 0, None)
     substituted = run_substitute(store, config, prototypes, backend)
-    progress("substitute", 1, 1)
+    _finished(progress, "substitute", substituted.row_counts["substitutions"])
     if step == "substitute":
         return substituted
     if step == "predict" and shard is not None:
         return run_predict_shard(store, config, substituted, shard, backend)
     shards = config.composition.shards
+    n_formulas = substituted.row_counts["unique_formulas"]
+    sizes = [len(shard_rows(n_formulas, i, shards)) for i in range(shards)]
     predicted = []
     for i in range(shards):
-        progress("predict", i, shards)
+        progress("predict", sum(sizes[:i]), n_formulas)
         predicted.append(run_predict_shard(store, config, substituted, i, backend))
-    progress("predict", shards, shards)
+    _finished(progress, "predict", n_formulas)
     if step == "predict":
         return CampaignManifests(prototypes, substituted, tuple(predicted), substituted)
-    progress("screen", 0, 1)
-    screened = run_screen(store, config, predicted, backend)
-    progress("screen", 1, 1)
+    screened = run_screen(store, config, predicted, backend, progress)
+    _finished(progress, "screen", n_formulas)
     manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened)
     if step == "screen":
         return manifests
-    progress("structures", 0, 1)
-    structures = run_structures(store, config, prototypes, substituted, screened)
-    progress("structures", 1, 1)
+    structures = run_structures(store, config, prototypes, substituted, screened, progress)
+    _finished(progress, "structures", structures.row_counts["structures"])
     manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures)
     if step == "structures":
         return manifests
-    progress("conductivity", 0, 1)
     conductivity = run_conductivity(store, config, structures, backend, progress)
-    progress("conductivity", 1, 1)
+    _finished(progress, "conductivity", structures.row_counts["unique_structures"])
     manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures, conductivity)
     if step == "conductivity":
         return manifests
     from htvs.campaign.validate_stage import run_validation
 
-    progress("validate", 0, 1)
+    progress("validate", 0, None)
     validation = run_validation(store, config, structures, conductivity, progress)
-    progress("validate", 1, 1)
+    _finished(progress, "validate", validation.row_counts["validated"] + validation.row_counts["errors"])
     manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures, conductivity,
                                   validation)
     if step == "validate":

@@ -33,7 +33,7 @@ class StageBackend(Protocol):
 
     def predict(self, formulas: list[str], config: CampaignConfig) -> pd.DataFrame: ...
 
-    def screen(self, predictions: pd.DataFrame, config: CampaignConfig): ...
+    def screen(self, predictions: pd.DataFrame, config: CampaignConfig, progress=None): ...
 
     def conductivity(self, items: list[tuple[str, str]], config: CampaignConfig) -> list: ...
 
@@ -57,14 +57,14 @@ class InProcessBackend:
         ef, gap = self.models(config)
         return predict_compositions(formulas, ef, gap, batch_size=config.composition.batch_size)
 
-    def screen(self, predictions: pd.DataFrame, config: CampaignConfig):
+    def screen(self, predictions: pd.DataFrame, config: CampaignConfig, progress=None):
         from htvs.screening import CompositionScreenConfig, screen_compositions
         from htvs.thermo import ReferenceHull
 
         if self._hull is None:
             self._hull = ReferenceHull.bundled()
         return screen_compositions(
-            predictions, self._hull, CompositionScreenConfig(**config.screening.model_dump())
+            predictions, self._hull, CompositionScreenConfig(**config.screening.model_dump()), progress
         )
 
     def conductivity(self, items: list[tuple[str, str]], config: CampaignConfig) -> list:
@@ -215,21 +215,37 @@ def run_predict_shard(
 
 
 def run_screen(
-    store: ArtifactStore, config: CampaignConfig, shards: list[StageManifest], backend: StageBackend
+    store: ArtifactStore,
+    config: CampaignConfig,
+    shards: list[StageManifest],
+    backend: StageBackend,
+    progress=None,
 ) -> StageManifest:
-    """Stage 3 on the concatenated predictions of every shard (fan-in)."""
+    """Stage 3 on the concatenated predictions of every shard (fan-in).
+
+    ``progress(step, done, total)`` sees ``screen hull`` (formulas with E_f under the threshold)
+    and ``screen window`` (formulas that passed E_hull and band gap).
+    """
     keys = [_output(m, "predictions.parquet") for m in shards]
 
     def step(store: ArtifactStore, prefix: str):
         start = time.perf_counter()
         predictions = pa.concat_tables([store.get_table(k) for k in keys]).to_pandas()
-        result = backend.screen(predictions, config)
+        relay = None if progress is None else (lambda sub, done, total: progress(f"screen {sub}", done, total))
+        result = backend.screen(predictions, config, relay)
         table_key, funnel_key = f"{prefix}/screen.parquet", f"{prefix}/funnel.json"
         store.put_table(table_key, pa.Table.from_pandas(result.table, preserve_index=False))
         store.put_json(funnel_key, result.funnel)
         return [table_key, funnel_key], dict(result.funnel), {"screen": time.perf_counter() - start}
 
     return run_cached(store, "screen", config.screening, keys, step)
+
+
+def _relay(progress, step: str, total: int):
+    """A ``done -> None`` callback reporting ``(step, done, total)`` to ``progress`` (or None)."""
+    if progress is None:
+        return None
+    return lambda done: progress(step, done, total)
 
 
 def _output(manifest: StageManifest, name: str) -> str:
@@ -262,8 +278,11 @@ def run_structures(
     prototypes: StageManifest,
     substituted: StageManifest,
     screened: StageManifest,
+    progress=None,
 ) -> StageManifest:
     """Stage 4: materialize every substitution of a surviving formula, then deduplicate.
+
+    ``progress(step, done, total)`` sees ``materialize`` and ``dedupe`` in structures.
 
     Writes ``structures.parquet``: one row per materialized structure (``id``, ``formula``,
     ``prototype_id``, ``duplicate_of`` — null for the representatives — and ``cif`` for the
@@ -290,11 +309,13 @@ def run_structures(
                 "survived screening; raise the limit or tighten the thresholds"
             )
         built, failed = split_results(
-            materialize(read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume))
+            materialize(read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume),
+                        progress=_relay(progress, "materialize", len(rows)))
         )
         materialized_s = time.perf_counter() - start
         result = deduplicate(
-            built, DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol)
+            built, DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol),
+            progress=_relay(progress, "dedupe", len(built)),
         )
         representatives = {item.id: item for item in result.unique}
         table = pa.table(

@@ -262,7 +262,9 @@ def _result(
 
 
 def deduplicate(
-    structures: Iterable[DedupeItem], config: DedupeConfig | None = None
+    structures: Iterable[DedupeItem],
+    config: DedupeConfig | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> DedupeResult:
     """Remove duplicate structures, comparing only within pre-groups (see the module docstring).
 
@@ -270,6 +272,7 @@ def deduplicate(
         structures: :class:`MaterializedStructure` records or ``(id, Structure)`` pairs; ids
             must be unique. Order matters: the first of a set of duplicates is kept.
         config: see :class:`DedupeConfig`.
+        progress: called with the number of structures done, after each formula group.
 
     Returns:
         The representatives, the duplicate -> representative map, the refused items (each with
@@ -284,7 +287,11 @@ def deduplicate(
     n_comparisons = 0
     n_groups = 0
     reduce_s = match_s = 0.0
+    done = len(refused)
     for indices in formula_groups.values():
+        if progress is not None:
+            progress(done)
+        done += len(indices)
         if len(indices) == 1:
             reps.add(indices[0])
             n_groups += 1
@@ -321,6 +328,8 @@ def deduplicate(
             n_groups += 1
         reduce_s += t1 - t0
         match_s += time.perf_counter() - t1
+    if progress is not None:
+        progress(len(items))
     refused.sort(key=lambda r: r.index)
     timings = {"reduce_s": reduce_s, "match_s": match_s}
     return _result(items, reps, dup, refused, n_comparisons, n_groups, timings)

@@ -17,7 +17,7 @@ and left everything to relaxation, which still has to fix cell shape and positio
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -189,6 +189,7 @@ def materialize(
     prototypes: Mapping[str, Prototype] | Iterable[Prototype],
     substitutions: pd.DataFrame,
     config: MaterializeConfig | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[MaterializedStructure | MaterializeError]:
     """Build the substituted structure of every row of a substitution table.
 
@@ -199,6 +200,7 @@ def materialize(
             prototype's species) and optionally ``formula`` — stage 1's
             ``substitutions.parquet``, usually narrowed by :func:`select_for_survivors`.
         config: see :class:`MaterializeConfig`.
+        progress: called with the number of rows done, every 256 rows and at the end.
 
     Returns:
         One entry per row, in row order: a :class:`MaterializedStructure`, or a
@@ -225,6 +227,8 @@ def materialize(
     builder = _Materializer(prototypes, config)
     out: list[MaterializedStructure | MaterializeError] = []
     for index, prototype_id in enumerate(proto_ids):
+        if progress is not None and index % 256 == 0:
+            progress(index)
         pairs = tuple(
             (froms[index] or "", tos[index] or "")
             for froms, tos in pair_values
@@ -248,6 +252,8 @@ def materialize(
                     kind=type(e).__name__,
                 )
             )
+    if progress is not None:
+        progress(len(out))
     return out
 
 

@@ -397,7 +397,10 @@ def _hull_results(
 
 
 def e_above_hull_many(
-    hull: ReferenceHull, formulas: Sequence[str], e_forms: Sequence[float]
+    hull: ReferenceHull,
+    formulas: Sequence[str],
+    e_forms: Sequence[float],
+    progress: Callable[[int], None] | None = None,
 ) -> list[HullResult | RowError]:
     """Energies above the hull of many formulas, vectorized per chemical system.
 
@@ -409,6 +412,7 @@ def e_above_hull_many(
         hull: the reference hull.
         formulas: formulas, e.g. ``["Li3PS4", "Li2O"]``.
         e_forms: their formation energies, eV/atom, same length.
+        progress: called with the number of rows done after each chemical system.
 
     Returns:
         One :class:`HullResult` or :class:`RowError` per input row, in input order.
@@ -421,6 +425,8 @@ def e_above_hull_many(
     groups, comps, errors = group_rows(hull, formulas)
     out: dict[int, HullResult | RowError] = dict(errors)
     for system, rows in groups.items():
+        if progress is not None:
+            progress(len(out))
         energies: list[float] = []
         good: list[int] = []
         for i in rows:
@@ -437,4 +443,6 @@ def e_above_hull_many(
             out.update((i, row_error(i, formulas[i], exc)) for i in good)
             continue
         out.update(zip(good, _hull_results(model, [comps[i] for i in good], energies), strict=True))
+    if progress is not None:
+        progress(len(out))
     return [out[i] for i in range(len(formulas))]

@@ -32,7 +32,7 @@ the profile, which does not list ``cc_0``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,6 +190,7 @@ def electrochemical_windows(
     hull: ReferenceHull,
     formulas: Sequence[str],
     e_forms: Sequence[float | None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[WindowResult | RowError]:
     """Windows of many formulas, vectorized per chemical system (see :func:`electrochemical_window`).
 
@@ -198,6 +199,7 @@ def electrochemical_windows(
         formulas: Li-containing formulas.
         e_forms: optional formation energies (eV/atom), same length; ``None`` entries mean
             "not given". Rows below the reference hull take the slow insertion path.
+        progress: called with the number of rows done after each chemical system.
 
     Returns:
         One :class:`WindowResult` or :class:`RowError` per input row, in input order.
@@ -210,6 +212,8 @@ def electrochemical_windows(
     groups, comps, errors = group_rows(hull, formulas)
     out: dict[int, WindowResult | RowError] = dict(errors)
     for system, rows in groups.items():
+        if progress is not None:
+            progress(len(out))
         good: list[int] = []
         for i in rows:
             try:
@@ -248,4 +252,6 @@ def electrochemical_windows(
                         out[i] = row_error(i, formulas[i], exc)
         if fast:
             out.update(zip(fast, _window_results(model, [comps[i] for i in fast]), strict=True))
+    if progress is not None:
+        progress(len(out))
     return [out[i] for i in range(len(formulas))]
