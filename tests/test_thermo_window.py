@@ -223,3 +223,48 @@ def test_batch_returns_row_errors_and_continues(mp_hull):
     assert all(e.kind == "InvalidInput" and e.error for e in errors)
     with pytest.raises(InvalidInput, match="2 formulas but 1"):
         electrochemical_windows(mp_hull, ["Li2O", "Li2S"], [None])
+
+
+def test_fast_insertion_equals_a_new_phase_diagram(mp_hull, li_systems):
+    """The beneath-beyond insertion gives the windows of a rebuilt PhaseDiagram (200 compounds,
+    random systems, stoichiometries and depths below the hull), and takes the fast path for
+    nearly all of them."""
+    from htvs.thermo.hull import amounts
+    from htvs.thermo.window import _inserted_window, _window_results
+
+    rng = random.Random(11)
+    systems = sorted(li_systems, key=lambda s: "-".join(sorted(s)))
+    fast = 0
+    for _ in range(200):
+        system = rng.choice(systems)
+        formula = "".join(f"{el}{rng.randint(1, 8)}" for el in sorted(system))
+        comp = mp_hull.composition(formula)
+        model = mp_hull.facet_model(comp)
+        hull_e = e_above_hull(mp_hull, formula, 0.0)
+        energy = -hull_e.e_above_hull_ev_per_atom - rng.uniform(0.001, 0.5)
+        star = model.star_of_inserted(model.fractions([amounts(comp)])[0], energy, comp.reduced_formula)
+        expected = _inserted_window(mp_hull, comp, energy)
+        if star is None:
+            continue
+        fast += 1
+        result = _window_results(star, [comp], inserted=True)[0]
+        assert result.phi_red_v == pytest.approx(expected.phi_red_v, abs=1e-9), formula
+        assert result.phi_ox_v == pytest.approx(expected.phi_ox_v, abs=1e-9), formula
+        assert result.reduction_products == expected.reduction_products, formula
+        assert result.oxidation_products == expected.oxidation_products, formula
+    assert fast >= 190
+
+
+def test_fast_insertion_on_a_tie_line(mp_hull):
+    """Li4P2S7 lies on the Li2S-P2S5 line: cones flat in composition space are dropped."""
+    from htvs.thermo.window import _inserted_window
+
+    comp = mp_hull.composition("Li4P2S7")
+    reference = e_above_hull(mp_hull, "Li4P2S7", 0.0)
+    energy = -reference.e_above_hull_ev_per_atom - 0.05
+    result = electrochemical_window(mp_hull, "Li4P2S7", energy)
+    expected = _inserted_window(mp_hull, comp, energy)
+    assert result.inserted
+    assert (result.phi_red_v, result.phi_ox_v) == pytest.approx((expected.phi_red_v, expected.phi_ox_v), abs=1e-9)
+    assert set(result.reduction_products) == set(expected.reduction_products)
+    assert set(result.oxidation_products) == set(expected.oxidation_products)

@@ -50,11 +50,15 @@ def _register_subcommands() -> None:
     register_generation(app, train_app)
 
 
+_SOURCE_HELP = (
+    "'mp-2018' (4,320 bundled Materials Project prototypes), 'obelix' (82 bundled OBELiX-derived), "
+    "'mp' (the live MP API; needs MP_API_KEY) or a folder of CIF/JSON/POSCAR files."
+)
+
+
 @app.command()
 def prototypes(
-    source: str = typer.Option(
-        "bundled", "--source", "-s", help="'bundled', 'mp' (needs MP_API_KEY) or a folder of CIF/JSON files."
-    ),
+    source: str = typer.Option("mp-2018", "--source", "-s", help=_SOURCE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     list_ids: bool = typer.Option(False, "--ids", help="Include every prototype id in the output."),
 ) -> None:
@@ -103,9 +107,7 @@ def _split_symbols(text: str | None) -> tuple[str, ...] | None:
 
 @app.command()
 def substitute(
-    prototypes_source: str = typer.Option(
-        "bundled", "--prototypes", "-p", help="'bundled', 'mp' (needs MP_API_KEY) or a folder of CIF/JSON files."
-    ),
+    prototypes_source: str = typer.Option("mp-2018", "--prototypes", "-p", help=_SOURCE_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the Parquet tables."),
     pool: str | None = typer.Option(
         None, help="Comma-separated element pool (default: the paper's 28 elements)."
