@@ -12,11 +12,12 @@ Variables (all optional):
 - ``HTVS_S3_ACCESS_KEY`` / ``HTVS_S3_SECRET_KEY``: credentials (kept as secrets: never printed).
 - ``HTVS_S3_SECURE``: use TLS (default true).
 - ``HTVS_S3_REGION``: bucket region (e.g. ``us-east-1``); unset lets the client ask the server.
+- ``HTVS_WORKERS``: processes a campaign stage may use on this machine (default: every core).
 """
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -31,6 +32,7 @@ class Settings(BaseSettings):
         s3_secret_key: S3 secret access key.
         s3_secure: Use HTTPS when ``s3_endpoint`` has no scheme.
         s3_region: Region of the bucket; ``None`` lets the client discover it.
+        workers: processes a stage may use (materialize + dedupe); ``None``: one per core.
     """
 
     model_config = SettingsConfigDict(env_prefix="HTVS_", frozen=True, extra="ignore")
@@ -40,6 +42,7 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = True
     s3_region: str | None = None
+    workers: int | None = Field(None, ge=1, le=1024)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -112,8 +112,9 @@ class GrpcBackend:
         }[name]
         return stub_class(self._channels[name])
 
-    def conductivity(self, items: list[tuple[str, str]], config) -> list:
-        """Stage 6 through ConductivityService.Predict (in process when no address was given)."""
+    def conductivity(self, items: list[tuple[str, object]], config) -> list:
+        """Stage 6 through ConductivityService.Predict (in process when no address was given);
+        items are ``(id, CIF text or Structure)``, structures travel as CIF."""
         from htvs.conductivity.predict import ConductivityError, ConductivityPrediction
 
         if "conductivity" not in self.addresses:
@@ -129,7 +130,7 @@ class GrpcBackend:
         for start in range(0, len(items), self.chunk_rows):
             chunk = items[start : start + self.chunk_rows]
             request = pb.ConductivityPredictRequest(
-                structures=[structure_pb2.StructureData(id=i, cif=cif) for i, cif in chunk],
+                structures=[structure_pb2.StructureData(id=i, cif=_cif_text(item)) for i, item in chunk],
                 max_atoms=config.conductivity.max_atoms,
             )
             reply = _call(stub.Predict, request, "ConductivityService.Predict", self.timeout_s)
@@ -227,6 +228,15 @@ class GrpcBackend:
             for key in funnel:
                 funnel[key] += int(getattr(reply.funnel, key))
         return ScreenResult(table=pd.DataFrame.from_records(rows), funnel=funnel)
+
+
+def _cif_text(item) -> str:
+    """CIF text of a ``Structure`` (P1), or ``item`` itself when it is already text."""
+    if isinstance(item, str):
+        return item
+    from pymatgen.io.cif import CifWriter
+
+    return str(CifWriter(item))
 
 
 def _opt(message, name: str) -> float:

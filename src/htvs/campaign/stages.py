@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from htvs.campaign.config import CampaignConfig, substitution_config
-from htvs.errors import StageFailed
+from htvs.errors import InvalidInput, StageFailed
 from htvs.store import ArtifactStore, StageManifest, run_cached
 
 PROTOTYPES_FILE = "prototypes.jsonl.gz"
@@ -35,7 +35,7 @@ class StageBackend(Protocol):
 
     def screen(self, predictions: pd.DataFrame, config: CampaignConfig, progress=None): ...
 
-    def conductivity(self, items: list[tuple[str, str]], config: CampaignConfig) -> list: ...
+    def conductivity(self, items: list[tuple[str, object]], config: CampaignConfig) -> list: ...
 
 
 @dataclass
@@ -67,12 +67,14 @@ class InProcessBackend:
             predictions, self._hull, CompositionScreenConfig(**config.screening.model_dump()), progress
         )
 
-    def conductivity(self, items: list[tuple[str, str]], config: CampaignConfig) -> list:
-        """Stage 6 on ``(id, CIF text)`` items: ConductivityPrediction or ConductivityError each."""
+    def conductivity(self, items: list[tuple[str, object]], config: CampaignConfig) -> list:
+        """Stage 6 on ``(id, Structure or CIF text)`` items: ConductivityPrediction or
+        ConductivityError each."""
         from htvs.conductivity.predict import ConductivityConfig, load_ensemble, predict_conductivity
 
         if self._conductivity is None:
-            self._conductivity = load_ensemble(config.conductivity.models)
+            # every core for onnxruntime: the embedded runner is the only job
+            self._conductivity = load_ensemble(config.conductivity.models, threads=None)
         section = config.conductivity
         return predict_conductivity(items, self._conductivity,
                                     ConductivityConfig(max_atoms=section.max_atoms, batch_size=section.batch_size))
@@ -241,6 +243,26 @@ def run_screen(
     return run_cached(store, "screen", config.screening, keys, step)
 
 
+def _structure_items(rows: pd.DataFrame) -> list[tuple[str, object]]:
+    """``(id, Structure)`` from the stored arrays where a row has them, else ``(id, CIF text)``."""
+    from htvs.structures.parallel import structure_from_arrays
+
+    if "lattice_matrix" not in rows.columns:
+        return list(zip(rows["id"], rows["cif"]))
+    items: list[tuple[str, object]] = []
+    for row_id, cif, lattice, species, coords in zip(
+        rows["id"], rows["cif"], rows["lattice_matrix"], rows["species"], rows["frac_coords"]
+    ):
+        if lattice is None or species is None or coords is None:
+            items.append((row_id, cif))
+            continue
+        try:
+            items.append((row_id, structure_from_arrays(lattice, species, coords)))
+        except InvalidInput:
+            items.append((row_id, cif))  # the CIF is the record; the arrays only a shortcut
+    return items
+
+
 def _relay(progress, step: str, total: int):
     """A ``done -> None`` callback reporting ``(step, done, total)`` to ``progress`` (or None)."""
     if progress is None:
@@ -282,14 +304,18 @@ def run_structures(
 ) -> StageManifest:
     """Stage 4: materialize every substitution of a surviving formula, then deduplicate.
 
-    ``progress(step, done, total)`` sees ``materialize`` and ``dedupe`` in structures.
+    Formulas are split into parts processed by ``HTVS_WORKERS`` processes (default: one per
+    core), with the result of one process (see :mod:`htvs.structures.parallel`).
+    ``progress(step, done, total)`` sees ``structures`` in substitution rows.
 
     Writes ``structures.parquet``: one row per materialized structure (``id``, ``formula``,
-    ``prototype_id``, ``duplicate_of`` — null for the representatives — and ``cif`` for the
-    representatives), plus per-row errors in ``errors.json``.
+    ``prototype_id``, ``duplicate_of`` — null for the representatives — and, for the
+    representatives, ``cif`` and the structure as ``lattice_matrix`` / ``species`` /
+    ``frac_coords`` arrays, Å and fractional), plus per-row errors in ``errors.json``.
     """
-    from htvs.errors import InvalidInput
-    from htvs.structures import DedupeConfig, MaterializeConfig, deduplicate, materialize, select_for_survivors, split_results
+    from htvs.settings import Settings
+    from htvs.structures import DedupeConfig, MaterializeConfig, select_for_survivors
+    from htvs.structures.parallel import build_structures
 
     section = config.structures
     keys = [
@@ -308,32 +334,18 @@ def run_structures(
                 f"structures.max_structures is {section.max_structures} but {len(rows)} substitutions "
                 "survived screening; raise the limit or tighten the thresholds"
             )
-        built, failed = split_results(
-            materialize(read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume),
-                        progress=_relay(progress, "materialize", len(rows)))
-        )
-        materialized_s = time.perf_counter() - start
-        result = deduplicate(
-            built, DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol),
-            progress=_relay(progress, "dedupe", len(built)),
-        )
-        representatives = {item.id: item for item in result.unique}
-        table = pa.table(
-            {
-                "id": [s.id for s in built],
-                "formula": [s.formula for s in built],
-                "prototype_id": [s.prototype_id for s in built],
-                "duplicate_of": [result.duplicate_of.get(s.id) for s in built],
-                "cif": [representatives[s.id].to_cif() if s.id in representatives else None for s in built],
-            }
+        table, errors, cpu = build_structures(
+            read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume),
+            DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol),
+            workers=Settings.from_env().workers, progress=_relay(progress, "structures", len(rows)),
         )
         table_key, errors_key = f"{prefix}/structures.parquet", f"{prefix}/errors.json"
         store.put_table(table_key, table)
-        errors = [{"id": e.id, "error": e.error} for e in failed]
-        errors += [{"id": r.id, "error": r.error} for r in result.refused]
         store.put_json(errors_key, errors)
-        counts = {"structures": len(built), "unique_structures": result.n_out, "errors": len(errors)}
-        timings = {"materialize": materialized_s, "dedupe": time.perf_counter() - start - materialized_s}
+        unique = table.num_rows - table.column("cif").null_count
+        counts = {"structures": table.num_rows, "unique_structures": unique, "errors": len(errors)}
+        timings = {"build": time.perf_counter() - start, "materialize_cpu": cpu["materialize"],
+                   "dedupe_cpu": cpu["dedupe"]}
         return [table_key, errors_key], counts, timings
 
     return run_cached(store, "structures", section, keys, step)
@@ -363,7 +375,7 @@ def run_conductivity(
         records = []
         for lo in range(0, len(unique), chunk):
             part = unique.iloc[lo: lo + chunk]
-            records += backend.conductivity(list(zip(part["id"], part["cif"])), config)
+            records += backend.conductivity(_structure_items(part), config)
             if progress is not None:
                 progress("conductivity", min(lo + chunk, len(unique)), len(unique))
         ok = [isinstance(r, ConductivityPrediction) for r in records]

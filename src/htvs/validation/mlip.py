@@ -146,7 +146,10 @@ class MlipBackend:
         atoms.calc = self.calculator()
         target = FrechetCellFilter(atoms) if config.relax_cell else atoms
         optimizer = FIRE(target, logfile=None)
-        converged = bool(optimizer.run(fmax=config.fmax_ev_per_angstrom, steps=config.max_steps))
+        with warnings.catch_warnings():
+            # the cell filter's matrix logarithm warns at errors of ~1e-13 on every step: noise
+            warnings.filterwarnings("ignore", message="logm result may be inaccurate", category=RuntimeWarning)
+            converged = bool(optimizer.run(fmax=config.fmax_ev_per_angstrom, steps=config.max_steps))
         forces = target.get_forces()
         max_force = float(np.sqrt((forces**2).sum(axis=1)).max()) if len(forces) else 0.0
         # plain species and coordinates: no calculator results (float32 magmoms...) as site properties

@@ -1,0 +1,66 @@
+"""Stage 4 in parts split by formula, in worker processes: the same table as one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from htvs.errors import InvalidInput
+from htvs.prototypes import MPSnapshotSource
+from htvs.structures import DedupeConfig, MaterializeConfig
+from htvs.structures.parallel import build_structures, split_by_formula, structure_arrays, structure_from_arrays
+from htvs.substitution import SitePattern, SubstitutionConfig, enumerate_substitutions
+from htvs.substitution.tables import substitution_table
+
+#: Li3ClO (antiperovskite, 5 atoms), Li2MgCl4 and Li2CdCl4 (spinels, 14 atoms): the two spinels
+#: give the same formulas, and duplicates of each other
+IDS = ("mp-985585", "mp-38684", "mp-38008")
+
+
+@pytest.fixture(scope="module")
+def prototypes():
+    return {p.id: p for p in MPSnapshotSource(ids=IDS).load().prototypes}
+
+
+@pytest.fixture(scope="module")
+def rows(prototypes) -> pd.DataFrame:
+    patterns = [SitePattern(p.id, p.species_amounts) for p in prototypes.values()]
+    config = SubstitutionConfig(element_pool=("Li", "S", "O", "F", "Cl", "Mg", "Zn", "Cd"))
+    table = substitution_table(enumerate_substitutions(patterns, config)).to_pandas()
+    for column in table.columns:
+        table[column] = table[column].astype(object).where(table[column].notna(), None)
+    return table
+
+
+def test_parts_hold_whole_formulas_in_row_order(rows) -> None:
+    parts = split_by_formula(rows, part_rows=7)
+    assert len(parts) > 3
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(rows)))
+    seen: dict[str, int] = {}
+    for k, part in enumerate(parts):
+        assert list(part) == sorted(part)
+        for formula in rows["formula"].iloc[part]:
+            assert seen.setdefault(formula, k) == k
+
+
+def test_two_workers_equal_one_process(prototypes, rows) -> None:
+    mc, dc = MaterializeConfig(rescale_volume="none"), DedupeConfig()
+    one, errors_one, _ = build_structures(prototypes, rows, mc, dc, workers=1, part_rows=10_000)
+    done: list[int] = []
+    two, errors_two, _ = build_structures(prototypes, rows, mc, dc, workers=2, part_rows=7, progress=done.append)
+    assert one.equals(two)
+    assert errors_one == errors_two
+    assert done[-1] == len(rows) and done == sorted(done)
+    table = one.to_pandas()
+    duplicates = table["duplicate_of"].notna()
+    assert duplicates.any() and (~duplicates).any()  # the spinels give duplicates
+    assert table.loc[duplicates, "cif"].isna().all() and table.loc[~duplicates, "cif"].notna().all()
+
+
+def test_arrays_round_trip(prototypes) -> None:
+    structure = prototypes["mp-38684"].structure
+    again = structure_from_arrays(*structure_arrays(structure))
+    assert again == structure
+    with pytest.raises(InvalidInput, match="do not fit"):
+        structure_from_arrays([1.0] * 9, ["Li", "O"], [0.0, 0.0, 0.0])
