@@ -64,3 +64,29 @@ def test_arrays_round_trip(prototypes) -> None:
     assert again == structure
     with pytest.raises(InvalidInput, match="do not fit"):
         structure_from_arrays([1.0] * 9, ["Li", "O"], [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("rescale", ["none", "ionic_radii"])
+def test_reduction_once_per_prototype_gives_the_same_duplicates(prototypes, rows, rescale) -> None:
+    from htvs.structures import deduplicate, materialize, split_results
+
+    built, _ = split_results(materialize(prototypes, rows, MaterializeConfig(rescale_volume=rescale)))
+    direct = deduplicate(built, DedupeConfig())
+    cached = deduplicate(built, DedupeConfig(), prototypes=prototypes)
+    assert cached.duplicate_of == direct.duplicate_of
+    assert [s.id for s in cached.unique] == [s.id for s in direct.unique]
+    assert direct.n_removed > 0
+
+
+def test_relabelled_reduced_cell_matches_the_direct_one(prototypes, rows) -> None:
+    from htvs.structures import materialize, split_results
+    from htvs.structures.dedupe import _Reducer
+
+    built, _ = split_results(materialize(prototypes, rows.iloc[::5], MaterializeConfig(rescale_volume="ionic_radii")))
+    matcher = DedupeConfig().matcher()
+    cached, direct = _Reducer(matcher, True, prototypes), _Reducer(matcher, True, None)
+    for item in built:
+        a, b = cached(item), direct(item)
+        assert a.composition == b.composition and len(a) == len(b)
+        assert a.volume == pytest.approx(b.volume, rel=1e-9)
+        assert matcher.fit(a, b, skip_structure_reduction=True), item.id

@@ -114,7 +114,7 @@ def build_part(
     built, failed = split_results(results)
     built_positions = [int(positions[i]) for i, r in enumerate(results) if not isinstance(r, MaterializeError)]
     out.materialize_s = time.perf_counter() - start
-    result = deduplicate(built, dedupe_config)
+    result = deduplicate(built, dedupe_config, prototypes=prototypes)
     out.dedupe_s = time.perf_counter() - start - out.materialize_s
     representatives = {item.id for item in result.unique}
     for position, item in zip(built_positions, built, strict=True):
