@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,11 +174,12 @@ def build_structures(
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_init_worker,
                                  initargs=(needed,)) as pool:
-            for part_result in pool.map(_run_part, tasks):
-                results.append(part_result)
-                done += part_result.n_rows
+            futures = [pool.submit(_run_part, task) for task in tasks]
+            for future in as_completed(futures):  # progress as parts finish, in any order
+                done += future.result().n_rows
                 if progress is not None:
                     progress(done)
+            results = [future.result() for future in futures]
     positions = [p for r in results for p in r.positions]
     order = np.argsort(np.asarray(positions, dtype=np.int64), kind="stable")
     columns = {name: [value for r in results for value in r.columns[name]] for name in COLUMNS}
