@@ -90,3 +90,42 @@ def test_relabelled_reduced_cell_matches_the_direct_one(prototypes, rows) -> Non
         assert a.composition == b.composition and len(a) == len(b)
         assert a.volume == pytest.approx(b.volume, rel=1e-9)
         assert matcher.fit(a, b, skip_structure_reduction=True), item.id
+
+
+class DictParts:
+    """A part checkpoint in memory that can 'die' after a number of saves."""
+
+    def __init__(self, die_after: int | None = None) -> None:
+        self.parts: dict = {}
+        self.die_after = die_after
+        self.loaded: list[int] = []
+
+    def load(self, index: int):
+        from htvs.structures.parallel import part_from_table
+
+        if index in self.parts:
+            self.loaded.append(index)
+            return part_from_table(self.parts[index])
+        return None
+
+    def save(self, index: int, part) -> None:
+        from htvs.structures.parallel import part_to_table
+
+        if self.die_after is not None and len(self.parts) >= self.die_after:
+            raise KeyboardInterrupt("killed")
+        self.parts[index] = part_to_table(part)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_stage_resumes_from_its_finished_parts(prototypes, rows, workers) -> None:
+    mc, dc = MaterializeConfig(rescale_volume="none"), DedupeConfig()
+    reference, errors, _ = build_structures(prototypes, rows, mc, dc, workers=1, part_rows=7)
+    checkpoint = DictParts(die_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        build_structures(prototypes, rows, mc, dc, workers=workers, part_rows=7, checkpoint=checkpoint)
+    assert len(checkpoint.parts) == 3
+    checkpoint.die_after = None
+    resumed, resumed_errors, _ = build_structures(prototypes, rows, mc, dc, workers=workers, part_rows=7,
+                                                  checkpoint=checkpoint)
+    assert len(checkpoint.loaded) == 3  # the finished parts were read back, not recomputed
+    assert resumed.equals(reference) and resumed_errors == errors

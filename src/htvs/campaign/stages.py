@@ -243,6 +243,38 @@ def run_screen(
     return run_cached(store, "screen", config.screening, keys, step)
 
 
+@dataclass(frozen=True)
+class StoredParts:
+    """Finished parts of a stage kept in the store under ``prefix`` until the stage completes,
+    so that a killed stage resumes from them (stage 4's :class:`PartCheckpoint`)."""
+
+    store: ArtifactStore
+    prefix: str
+
+    def _key(self, index: int) -> str:
+        return f"{self.prefix}/{index:06d}.parquet"
+
+    def load(self, index: int):
+        from htvs.structures.parallel import part_from_table
+
+        key = self._key(index)
+        if not self.store.exists(key):
+            return None
+        try:
+            return part_from_table(self.store.get_table(key))
+        except Exception:  # noqa: BLE001 - a damaged part is recomputed, never trusted
+            return None
+
+    def save(self, index: int, part) -> None:
+        from htvs.structures.parallel import part_to_table
+
+        self.store.put_table(self._key(index), part_to_table(part))
+
+    def clear(self) -> None:
+        for key in self.store.list(self.prefix + "/"):
+            self.store.delete(key)
+
+
 def _structure_items(rows: pd.DataFrame) -> list[tuple[str, object]]:
     """``(id, Structure)`` from the stored arrays where a row has them, else ``(id, CIF text)``."""
     from htvs.structures.parallel import structure_from_arrays
@@ -338,10 +370,12 @@ def run_structures(
             read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume),
             DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol),
             workers=Settings.from_env().workers, progress=_relay(progress, "structures", len(rows)),
+            checkpoint=StoredParts(store, f"{prefix}/parts"),
         )
         table_key, errors_key = f"{prefix}/structures.parquet", f"{prefix}/errors.json"
         store.put_table(table_key, table)
         store.put_json(errors_key, errors)
+        StoredParts(store, f"{prefix}/parts").clear()
         unique = table.num_rows - table.column("cif").null_count
         counts = {"structures": table.num_rows, "unique_structures": unique, "errors": len(errors)}
         timings = {"build": time.perf_counter() - start, "materialize_cpu": cpu["materialize"],

@@ -11,11 +11,13 @@ back in the input order. Representatives carry their CIF text and the structure 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -45,6 +47,43 @@ class PartResult:
 
 
 COLUMNS = ("id", "formula", "prototype_id", "duplicate_of", "cif", "lattice_matrix", "species", "frac_coords")
+
+
+class PartCheckpoint(Protocol):
+    """Where finished parts are kept, so that a killed stage resumes without redoing them."""
+
+    def load(self, index: int) -> PartResult | None: ...
+
+    def save(self, index: int, part: PartResult) -> None: ...
+
+
+_ARROW_TYPES = {
+    "lattice_matrix": pa.list_(pa.float64()),
+    "species": pa.list_(pa.string()),
+    "frac_coords": pa.list_(pa.float64()),
+}
+
+
+def part_to_table(part: PartResult) -> pa.Table:
+    """One part as an Arrow table (``position`` + :data:`COLUMNS`; errors and timings in the
+    schema metadata)."""
+    arrays = {"position": pa.array(part.positions, type=pa.int64())}
+    for name in COLUMNS:
+        arrays[name] = pa.array(part.columns[name], type=_ARROW_TYPES.get(name, pa.string()))
+    meta = {"errors": part.errors, "materialize_s": part.materialize_s, "dedupe_s": part.dedupe_s,
+            "n_rows": part.n_rows}
+    return pa.table(arrays).replace_schema_metadata({"htvs.part": json.dumps(meta)})
+
+
+def part_from_table(table: pa.Table) -> PartResult:
+    """The inverse of :func:`part_to_table`."""
+    meta = json.loads((table.schema.metadata or {})[b"htvs.part"])
+    return PartResult(
+        positions=table.column("position").to_pylist(),
+        columns={name: table.column(name).to_pylist() for name in COLUMNS},
+        errors=meta["errors"], materialize_s=meta["materialize_s"], dedupe_s=meta["dedupe_s"],
+        n_rows=meta["n_rows"],
+    )
 
 
 def structure_arrays(structure: Structure) -> tuple[list[float], list[str], list[float]]:
@@ -147,6 +186,7 @@ def build_structures(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     part_rows: int = PART_ROWS,
+    checkpoint: PartCheckpoint | None = None,
 ) -> tuple[pa.Table, list[dict], dict[str, float]]:
     """Stage 4 on ``rows`` (substitutions of surviving formulas) with ``workers`` processes.
 
@@ -154,32 +194,41 @@ def build_structures(
         The ``structures.parquet`` table (one row per materialized structure, in row order:
         :data:`COLUMNS`; ``cif`` and the arrays only for representatives), the per-row errors,
         and the summed per-part timings (``materialize``, ``dedupe``; CPU seconds over workers).
+        With a ``checkpoint``, parts found there are not recomputed and finished parts are saved
+        as they complete (the split into parts is a function of ``rows`` and ``part_rows``).
     """
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     rows = rows.reset_index(drop=True)
     parts = split_by_formula(rows, part_rows)
     used = {str(p) for p in rows["prototype_id"].astype(str).unique()} if len(rows) else set()
     needed = {k: v for k, v in prototypes.items() if k in used}
-    tasks = [(positions, rows.iloc[positions], materialize_config, dedupe_config) for positions in parts]
-    results: list[PartResult] = []
-    done = 0
+    found = {k: checkpoint.load(k) for k in range(len(parts))} if checkpoint is not None else {}
+    finished: dict[int, PartResult] = {k: v for k, v in found.items() if v is not None}
+    tasks = {k: (positions, rows.iloc[positions], materialize_config, dedupe_config)
+             for k, positions in enumerate(parts) if k not in finished}
+    done = sum(part.n_rows for part in finished.values())
     if progress is not None:
-        progress(0)
+        progress(done)
+
+    def keep(k: int, part: PartResult) -> None:
+        nonlocal done
+        finished[k] = part
+        if checkpoint is not None:
+            checkpoint.save(k, part)
+        done += part.n_rows
+        if progress is not None:
+            progress(done)
+
     if workers == 1 or len(tasks) <= 1:
-        for positions, part, mc, dc in tasks:
-            results.append(build_part(needed, positions, part, mc, dc))
-            done += results[-1].n_rows
-            if progress is not None:
-                progress(done)
+        for k, (positions, part, mc, dc) in tasks.items():
+            keep(k, build_part(needed, positions, part, mc, dc))
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_init_worker,
                                  initargs=(needed,)) as pool:
-            futures = [pool.submit(_run_part, task) for task in tasks]
-            for future in as_completed(futures):  # progress as parts finish, in any order
-                done += future.result().n_rows
-                if progress is not None:
-                    progress(done)
-            results = [future.result() for future in futures]
+            futures = {pool.submit(_run_part, task): k for k, task in tasks.items()}
+            for future in as_completed(futures):  # parts kept as they finish, in any order
+                keep(futures[future], future.result())
+    results = [finished[k] for k in range(len(parts))]
     positions = [p for r in results for p in r.positions]
     order = np.argsort(np.asarray(positions, dtype=np.int64), kind="stable")
     columns = {name: [value for r in results for value in r.columns[name]] for name in COLUMNS}
