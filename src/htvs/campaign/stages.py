@@ -400,32 +400,56 @@ def run_conductivity(
 
     section = config.conductivity
     key = _output(structures, "structures.parquet")
-    chunk = 256
+    chunk, block = 256, 4096  # a block's scores are kept in the store: a killed stage resumes
 
-    def step(store: ArtifactStore, prefix: str):
-        start = time.perf_counter()
-        table = store.get_table(key).to_pandas()
-        unique = table[table["duplicate_of"].isna() & table["cif"].notna()].reset_index(drop=True)
+    def score(rows: pd.DataFrame) -> pd.DataFrame:
         records = []
-        for lo in range(0, len(unique), chunk):
-            part = unique.iloc[lo: lo + chunk]
-            records += backend.conductivity(_structure_items(part), config)
-            if progress is not None:
-                progress("conductivity", min(lo + chunk, len(unique)), len(unique))
+        for lo in range(0, len(rows), chunk):
+            records += backend.conductivity(_structure_items(rows.iloc[lo: lo + chunk]), config)
         ok = [isinstance(r, ConductivityPrediction) for r in records]
-        frame = pd.DataFrame({
-            "id": unique["id"], "formula": unique["formula"], "prototype_id": unique["prototype_id"],
+        return pd.DataFrame({
+            "id": rows["id"].to_numpy(), "formula": rows["formula"].to_numpy(),
+            "prototype_id": rows["prototype_id"].to_numpy(),
             "log10_sigma_mean": [r.log10_sigma_mean if good else np.nan for r, good in zip(records, ok)],
             "log10_sigma_std": [r.log10_sigma_std if good else np.nan for r, good in zip(records, ok)],
             "p_superionic": [r.p_superionic if good else np.nan for r, good in zip(records, ok)],
             "error": [None if good else r.error for r, good in zip(records, ok)],
         })
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        columns = ["id", "formula", "prototype_id", "duplicate_of", "cif"]
+        names = store.get_table(key).schema.names
+        columns += [c for c in ("lattice_matrix", "species", "frac_coords") if c in names]
+        table = store.get_table(key).select(columns).to_pandas()
+        unique = table[table["duplicate_of"].isna() & table["cif"].notna()].reset_index(drop=True)
+        del table
+        parts = f"{prefix}/parts"
+        frames = []
+        for lo in range(0, len(unique), block):
+            part_key = f"{parts}/{lo // block:06d}.parquet"
+            frame = None
+            if store.exists(part_key):
+                try:
+                    frame = store.get_table(part_key).to_pandas()
+                except Exception:  # noqa: BLE001 - a damaged part is recomputed, never trusted
+                    frame = None
+            if frame is None or len(frame) != len(unique.iloc[lo: lo + block]):
+                frame = score(unique.iloc[lo: lo + block])
+                store.put_table(part_key, pa.Table.from_pandas(frame, preserve_index=False))
+            frames.append(frame)
+            if progress is not None:
+                progress("conductivity", min(lo + block, len(unique)), len(unique))
+        columns = ["id", "formula", "prototype_id", "log10_sigma_mean", "log10_sigma_std", "p_superionic", "error"]
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        ok = frame["error"].isna().to_numpy()
         frame["shortlisted"] = frame["p_superionic"].fillna(-1.0) >= section.min_p_superionic
         frame = frame.sort_values(["p_superionic", "log10_sigma_mean"], ascending=False, na_position="last")
         out = f"{prefix}/conductivity.parquet"
         store.put_table(out, pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False))
-        counts = {"scored_structures": int(sum(ok)), "superionic_shortlist": int(frame["shortlisted"].sum()),
-                  "errors": int(len(ok) - sum(ok))}
+        StoredParts(store, parts).clear()
+        counts = {"scored_structures": int(ok.sum()), "superionic_shortlist": int(frame["shortlisted"].sum()),
+                  "errors": int(len(ok) - ok.sum())}
         return [out], counts, {"conductivity": time.perf_counter() - start}
 
     return run_cached(store, "conductivity", section, [key], step,
