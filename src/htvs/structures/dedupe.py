@@ -35,7 +35,10 @@ maps the prototype's species one-to-one onto distinct elements (the paper's rule
 and scales the cell uniformly has, as its reduced cell, the prototype's reduced cell with the
 species renamed and the lattice scaled — the primitive-cell search (the costly part, O(n^2) in
 the sites) sees the same translations whatever the species are called. Only the site order can
-differ, which ``fit`` ignores (tested against the direct reduction).
+differ, which ``fit`` ignores (tested against the direct reduction). And two such substitutions
+of *different* prototypes are compared only if the prototypes' frameworks match (a
+species-blind ``fit``, memoized per pair of prototypes): a species-aware match implies a
+framework match, so this skips only comparisons that must fail.
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ class _Reducer:
                  prototypes: Mapping[str, Prototype] | None) -> None:
         self.matcher, self.primitive_cell, self.prototypes = matcher, primitive_cell, prototypes
         self.cache: dict[str, Structure] = {}
+        self.frameworks: dict[tuple[str, str], bool] = {}
 
     def _reduce(self, structure: Structure) -> Structure:
         return self.matcher._get_reduced_structure(  # noqa: SLF001 - the reduction fit uses
@@ -183,15 +187,50 @@ class _Reducer:
         mapping = self._relabelling(item)
         if mapping is None:
             return self._reduce(_item_structure(item))  # type: ignore[arg-type]
-        assert isinstance(item, MaterializedStructure) and self.prototypes is not None
-        base = self.cache.get(item.prototype_id)
-        if base is None:
-            base = self.cache[item.prototype_id] = self._reduce(self.prototypes[item.prototype_id].structure)
+        assert isinstance(item, MaterializedStructure)
+        base = self._base(item.prototype_id)
         cell = base.copy()
         cell.replace_species(mapping)
         if item.volume_scale != 1.0:
             cell.scale_lattice(base.volume * item.volume_scale)
         return cell
+
+    def frameworks_may_match(self, first: DedupeItem, second: DedupeItem) -> bool:
+        """False only when ``fit(first, second)`` must be False: both are one-to-one
+        substitutions of prototypes whose frameworks (species ignored) do not match.
+
+        A species-aware match is also a framework match, and a one-to-one substitution has its
+        prototype's framework (same reduced cell up to a uniform scale, which ``scale=True``
+        removes), so the prototypes' framework match (memoized per ordered pair) decides.
+        """
+        if self._relabelling(first) is None or self._relabelling(second) is None:
+            return True
+        assert isinstance(first, MaterializedStructure) and isinstance(second, MaterializedStructure)
+        pair = (first.prototype_id, second.prototype_id)
+        if pair[0] == pair[1]:
+            return True
+        known = self.frameworks.get(pair)
+        if known is None:
+            from pymatgen.analysis.structure_matcher import FrameworkComparator
+
+            framework = StructureMatcher(
+                ltol=self.matcher.ltol, stol=self.matcher.stol, angle_tol=self.matcher.angle_tol,
+                primitive_cell=self.matcher._primitive_cell,  # noqa: SLF001 - same settings as fit's
+                scale=self.matcher._scale,  # noqa: SLF001
+                attempt_supercell=self.matcher._supercell,  # noqa: SLF001
+                comparator=FrameworkComparator(),
+            )
+            known = self.frameworks[pair] = bool(
+                framework.fit(self._base(pair[0]), self._base(pair[1]), skip_structure_reduction=True)
+            )
+        return known
+
+    def _base(self, prototype_id: str) -> Structure:
+        assert self.prototypes is not None
+        base = self.cache.get(prototype_id)
+        if base is None:
+            base = self.cache[prototype_id] = self._reduce(self.prototypes[prototype_id].structure)
+        return base
 
     def _relabelling(self, item: DedupeItem) -> dict[str, str] | None:
         """Prototype species -> element of a one-to-one substitution, or None (reduce directly)."""
@@ -371,6 +410,8 @@ def deduplicate(
         t1 = time.perf_counter()
 
         def matches(r: int, i: int) -> bool:
+            if not reducer.frameworks_may_match(items[r], items[i]):
+                return False
             return bool(matcher.fit(reduced[r], reduced[i], skip_structure_reduction=True))
 
         for members in subgroups.values():
