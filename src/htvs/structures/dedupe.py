@@ -169,14 +169,25 @@ class DedupeResult:
         }
 
 
+@dataclass
+class PrototypeCache:
+    """Per-prototype work kept across :func:`deduplicate` calls on one prototype set and one
+    :class:`DedupeConfig` (e.g. the parts of a campaign's stage 4): reduced cells by prototype
+    id, framework matches by ordered pair of ids."""
+
+    reduced: dict[str, Structure] = field(default_factory=dict)
+    frameworks: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+
 class _Reducer:
     """The reduced cell ``fit`` would use, once per prototype where the item allows it."""
 
     def __init__(self, matcher: StructureMatcher, primitive_cell: bool,
-                 prototypes: Mapping[str, Prototype] | None) -> None:
+                 prototypes: Mapping[str, Prototype] | None, cache: PrototypeCache | None = None) -> None:
         self.matcher, self.primitive_cell, self.prototypes = matcher, primitive_cell, prototypes
-        self.cache: dict[str, Structure] = {}
-        self.frameworks: dict[tuple[str, str], bool] = {}
+        cache = cache if cache is not None else PrototypeCache()
+        self.cache = cache.reduced
+        self.frameworks = cache.frameworks
 
     def _reduce(self, structure: Structure) -> Structure:
         return self.matcher._get_reduced_structure(  # noqa: SLF001 - the reduction fit uses
@@ -356,6 +367,7 @@ def deduplicate(
     config: DedupeConfig | None = None,
     progress: Callable[[int], None] | None = None,
     prototypes: Mapping[str, Prototype] | None = None,
+    cache: PrototypeCache | None = None,
 ) -> DedupeResult:
     """Remove duplicate structures, comparing only within pre-groups (see the module docstring).
 
@@ -366,6 +378,7 @@ def deduplicate(
         progress: called with the number of structures done, after each formula group.
         prototypes: the prototypes the :class:`MaterializedStructure` items were made from, by
             id: their reduced cells are then computed once per prototype (module docstring).
+        cache: per-prototype work to reuse and extend (same prototypes and config only).
 
     Returns:
         The representatives, the duplicate -> representative map, the refused items (each with
@@ -380,7 +393,7 @@ def deduplicate(
     n_comparisons = 0
     n_groups = 0
     reduce_s = match_s = 0.0
-    reducer = _Reducer(matcher, config.primitive_cell, prototypes)
+    reducer = _Reducer(matcher, config.primitive_cell, prototypes, cache)
     done = len(refused)
     for indices in formula_groups.values():
         if progress is not None:

@@ -26,7 +26,7 @@ from pymatgen.core import Lattice, Structure
 
 from htvs.errors import InvalidInput
 from htvs.prototypes.records import Prototype
-from htvs.structures.dedupe import DedupeConfig, deduplicate
+from htvs.structures.dedupe import DedupeConfig, PrototypeCache, deduplicate
 from htvs.structures.materialize import MaterializeConfig, materialize, split_results
 from htvs.structures.records import MaterializeError
 
@@ -127,16 +127,18 @@ def split_by_formula(rows: pd.DataFrame, part_rows: int = PART_ROWS) -> list[np.
 
 
 _WORKER_PROTOTYPES: Mapping[str, Prototype] = {}
+_WORKER_CACHE = PrototypeCache()
 
 
 def _init_worker(prototypes: Mapping[str, Prototype]) -> None:
-    global _WORKER_PROTOTYPES  # noqa: PLW0603 - per-process state of a pool worker, set once
+    global _WORKER_PROTOTYPES, _WORKER_CACHE  # noqa: PLW0603 - per-process state of a pool worker
     _WORKER_PROTOTYPES = prototypes
+    _WORKER_CACHE = PrototypeCache()
 
 
 def _run_part(args: tuple) -> PartResult:
     positions, rows, materialize_config, dedupe_config = args
-    return build_part(_WORKER_PROTOTYPES, positions, rows, materialize_config, dedupe_config)
+    return build_part(_WORKER_PROTOTYPES, positions, rows, materialize_config, dedupe_config, _WORKER_CACHE)
 
 
 def build_part(
@@ -145,6 +147,7 @@ def build_part(
     rows: pd.DataFrame,
     materialize_config: MaterializeConfig,
     dedupe_config: DedupeConfig,
+    cache: PrototypeCache | None = None,
 ) -> PartResult:
     """Materialize and deduplicate one part (whole formulas); ``positions`` label its rows."""
     out = PartResult(columns={name: [] for name in COLUMNS}, n_rows=len(rows))
@@ -153,7 +156,7 @@ def build_part(
     built, failed = split_results(results)
     built_positions = [int(positions[i]) for i, r in enumerate(results) if not isinstance(r, MaterializeError)]
     out.materialize_s = time.perf_counter() - start
-    result = deduplicate(built, dedupe_config, prototypes=prototypes)
+    result = deduplicate(built, dedupe_config, prototypes=prototypes, cache=cache)
     out.dedupe_s = time.perf_counter() - start - out.materialize_s
     representatives = {item.id for item in result.unique}
     for position, item in zip(built_positions, built, strict=True):
@@ -220,8 +223,9 @@ def build_structures(
             progress(done)
 
     if workers == 1 or len(tasks) <= 1:
+        cache = PrototypeCache()
         for k, (positions, part, mc, dc) in tasks.items():
-            keep(k, build_part(needed, positions, part, mc, dc))
+            keep(k, build_part(needed, positions, part, mc, dc, cache))
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_init_worker,
                                  initargs=(needed,)) as pool:
