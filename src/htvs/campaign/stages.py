@@ -402,10 +402,12 @@ def run_conductivity(
     key = _output(structures, "structures.parquet")
     chunk, block = 256, 4096  # a block's scores are kept in the store: a killed stage resumes
 
-    def score(rows: pd.DataFrame) -> pd.DataFrame:
+    def score(rows: pd.DataFrame, done: int, total: int) -> pd.DataFrame:
         records = []
         for lo in range(0, len(rows), chunk):
             records += backend.conductivity(_structure_items(rows.iloc[lo: lo + chunk]), config)
+            if progress is not None:
+                progress("conductivity", done + min(lo + chunk, len(rows)), total)
         ok = [isinstance(r, ConductivityPrediction) for r in records]
         return pd.DataFrame({
             "id": rows["id"].to_numpy(), "formula": rows["formula"].to_numpy(),
@@ -426,6 +428,8 @@ def run_conductivity(
         del table
         parts = f"{prefix}/parts"
         frames = []
+        if progress is not None:
+            progress("conductivity", 0, len(unique))
         for lo in range(0, len(unique), block):
             part_key = f"{parts}/{lo // block:06d}.parquet"
             frame = None
@@ -435,7 +439,7 @@ def run_conductivity(
                 except Exception:  # noqa: BLE001 - a damaged part is recomputed, never trusted
                     frame = None
             if frame is None or len(frame) != len(unique.iloc[lo: lo + block]):
-                frame = score(unique.iloc[lo: lo + block])
+                frame = score(unique.iloc[lo: lo + block], lo, len(unique))
                 store.put_table(part_key, pa.Table.from_pandas(frame, preserve_index=False))
             frames.append(frame)
             if progress is not None:
