@@ -22,7 +22,7 @@ from htvs.errors import InvalidInput
 from htvs.prototypes.collect import Collector
 from htvs.prototypes.filters import PrototypeFilter
 from htvs.prototypes.readers import parse_cif
-from htvs.prototypes.records import Prototype, PrototypeSet
+from htvs.prototypes.records import PrototypeSet
 
 #: ``Prototype.source`` and the source name of this set.
 MP_2018_SOURCE = "mp-2018"
@@ -57,17 +57,7 @@ class MPSnapshotSource:
             object.__setattr__(self, "ids", tuple(sorted(set(self.ids))))
 
     def load(self) -> PrototypeSet:
-        return _copy(_load_snapshot(self.prototype_filter, self.ids))
-
-
-def _copy(prototypes: PrototypeSet) -> PrototypeSet:
-    return PrototypeSet(
-        prototypes=tuple(
-            Prototype(p.id, p.source, p.structure.copy(), dict(p.species_amounts), dict(p.provenance))
-            for p in prototypes.prototypes
-        ),
-        skipped=prototypes.skipped,
-    )
+        return _load_snapshot(self.prototype_filter, self.ids).copy()
 
 
 def select_records(records: Iterable, ids: tuple[str, ...] | None) -> list:

@@ -66,3 +66,13 @@ class PrototypeSet:
 
     prototypes: tuple[Prototype, ...]
     skipped: tuple[SkippedInput, ...] = ()
+
+    def copy(self) -> PrototypeSet:
+        """The same set with fresh structure, amount and provenance copies (callers may edit them)."""
+        return PrototypeSet(
+            prototypes=tuple(
+                Prototype(p.id, p.source, p.structure.copy(), dict(p.species_amounts), dict(p.provenance))
+                for p in self.prototypes
+            ),
+            skipped=self.skipped,
+        )

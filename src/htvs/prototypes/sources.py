@@ -176,17 +176,7 @@ class BundledSource:
 
     def load(self) -> PrototypeSet:
         budget = self.ordering_budget if self.ordered_approximants else None
-        return _copy_set(_load_bundled(self.prototype_filter, budget))
-
-
-def _copy_set(prototypes: PrototypeSet) -> PrototypeSet:
-    return PrototypeSet(
-        prototypes=tuple(
-            Prototype(p.id, p.source, p.structure.copy(), dict(p.species_amounts), dict(p.provenance))
-            for p in prototypes.prototypes
-        ),
-        skipped=prototypes.skipped,
-    )
+        return _load_bundled(self.prototype_filter, budget).copy()
 
 
 @functools.lru_cache(maxsize=4)
