@@ -53,6 +53,25 @@ def _row(candidate: pd.Series, result: dict | None, error: str | None, max_e_hul
     }
 
 
+#: Progress units per validated structure (its MD fraction, in thousandths).
+_PER_STRUCTURE = 1000
+
+
+def _md_relay(progress, index: int, count: int):
+    """Validation reports -> ``progress("validate MD", thousandths done, count * 1000)``, so that
+    hours of MD show a count and an ETA."""
+    from htvs.validation.records import no_progress
+
+    if progress is None:
+        return no_progress
+    total = count * _PER_STRUCTURE
+
+    def relay(report) -> None:
+        progress("validate MD", index * _PER_STRUCTURE + int(report.fraction * _PER_STRUCTURE), total)
+
+    return relay
+
+
 def run_validation(
     store: ArtifactStore,
     config: CampaignConfig,
@@ -86,6 +105,7 @@ def run_validation(
                 result = validate_structure(
                     structure, settings, backend, hull, structure_id=candidate["id"],
                     workdir=root / prefix.replace("/", "_") / candidate["id"],
+                    progress=_md_relay(progress, i, len(chosen)),
                 ).to_dict()
                 rows.append(_row(candidate, result, None, section.max_e_above_hull_ev_per_atom))
                 documents.append(result)
