@@ -12,6 +12,7 @@ from rich.table import Table
 from htvs.cli_output import (
     _clear_errors,
     _emit_json,
+    _stderr,
     _step_progress,
 )
 

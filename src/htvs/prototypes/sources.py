@@ -34,7 +34,7 @@ from htvs.prototypes.readers import (
     structure_from_json,
     summarize_cif,
 )
-from htvs.prototypes.records import Prototype, PrototypeSet
+from htvs.prototypes.records import PrototypeSet
 
 logger = logging.getLogger(__name__)
 
