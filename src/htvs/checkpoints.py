@@ -13,20 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from htvs.atomic import atomic_path
+
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: readers never see a partial file."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _copy_weights(model) -> dict:

@@ -28,6 +28,7 @@ from htvs.campaign.stages import (
     run_substitute,
     shard_rows,
 )
+from htvs.atomic import write_bytes_atomic
 from htvs.errors import InvalidInput
 from htvs.store import ArtifactStore, StageManifest
 
@@ -237,19 +238,13 @@ def run_campaign(
             copies[name] = _output(manifests.validation, name)
     copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
     for name, key in copies.items():
-        _write_atomic(out_dir / name, store.get_bytes(key))
+        write_bytes_atomic(out_dir / name, store.get_bytes(key))
     predictions = pa.concat_tables(
         [store.get_table(_output(m, "predictions.parquet")) for m in manifests.predicted]
     )
     buffer = io.BytesIO()
     pq.write_table(predictions, buffer, compression="zstd")
-    _write_atomic(out_dir / "predictions.parquet", buffer.getvalue())
+    write_bytes_atomic(out_dir / "predictions.parquet", buffer.getvalue())
     funnel = ordered_funnel(store.get_json(f"{report_prefix(config)}/funnel.json"))
-    _write_atomic(out_dir / "funnel.json", (json.dumps(funnel, indent=1) + "\n").encode())
+    write_bytes_atomic(out_dir / "funnel.json", (json.dumps(funnel, indent=1) + "\n").encode())
     return funnel
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -115,9 +115,9 @@ def attach_runs(model_dir: Path, related: dict[str, Path]) -> Path:
         raise InvalidInput(f"no model card at {card_path}")
     card = json.loads(card_path.read_text())
     card.setdefault("related_runs", {}).update(_related_metrics(related))
-    tmp = card_path.with_name(".model_card.json.tmp")
-    tmp.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    tmp.replace(card_path)
+    from htvs.atomic import write_text_atomic
+
+    write_text_atomic(card_path, json.dumps(card, indent=1, sort_keys=True) + "\n")
     return card_path
 
 

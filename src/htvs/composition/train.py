@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from htvs.checkpoints import end_epoch, resume, save_atomic, write_json_atomic
+from htvs.atomic import write_json_atomic
+from htvs.checkpoints import end_epoch, resume, save_atomic
 from htvs.composition.datasets import UNITS, DataSplit, load_split
 from htvs.composition.featurize import RoostBatch, _assemble, parse_fractions
 from htvs.composition.model import RoostConfig, build_roost, roost_inputs
@@ -377,7 +378,5 @@ def evaluate_run(run_dir: Path, split: DataSplit | None = None, device: str = "c
             [predict_rows(load_member(run_dir, m["model"], config.roost, device), test) for m in members]
         )
         metrics["test"] = ensemble_metrics(preds, test.targets)
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    tmp.replace(run_dir / "metrics.json")
+    write_json_atomic(metrics, run_dir / "metrics.json")
     return metrics

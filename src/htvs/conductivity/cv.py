@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from htvs.checkpoints import write_json_atomic
+from htvs.atomic import atomic_path, write_json_atomic
 from htvs.conductivity.baselines import score
 from htvs.conductivity.forest import ForestConfig, ForestPrediction, blend, fit_forest
 
@@ -61,9 +61,8 @@ def grouped_cv(run_dir: Path, config, data, n_folds: int = 5, forest: ForestConf
             member = train_member(cv_dir / f"fold_{k}", 0, member_config, train, log)
             model = load_member(cv_dir / f"fold_{k}" / "model_0" / "best.pt", config.model)
             reg, logit = predict_entries(model, test)
-            tmp = cv_dir / f".fold_{k}.tmp.npz"
-            np.savez(tmp, rows=test_rows, gnn=reg, gnn_p=1 / (1 + np.exp(-logit)))
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                np.savez(tmp, rows=test_rows, gnn=reg, gnn_p=1 / (1 + np.exp(-logit)))
             log(f"cv fold {k}: {len(test)} entries, GNN member {member['epochs']} epochs")
         with np.load(path) as arrays:
             part = {key: arrays[key] for key in ("gnn", "gnn_p")}

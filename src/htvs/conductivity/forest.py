@@ -164,10 +164,10 @@ def export_forest(forest: Forest, directory: str | Path) -> list[Path]:
     """Write the forest as ONNX (one output column per tree) in ``directory``; returns its path(s)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    from htvs.atomic import write_bytes_atomic
+
     path = directory / TREES_FILE
-    tmp = directory / f".{TREES_FILE}.tmp"
-    tmp.write_bytes(trees_to_onnx(forest).SerializeToString())
-    tmp.replace(path)
+    write_bytes_atomic(path, trees_to_onnx(forest).SerializeToString())
     return [path]
 
 

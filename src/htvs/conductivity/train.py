@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from htvs.checkpoints import end_epoch, resume, save_atomic, write_json_atomic
+from htvs.atomic import atomic_path, write_json_atomic
+from htvs.checkpoints import end_epoch, resume, save_atomic
 from htvs.conductivity.baselines import (
     LOG10_THRESHOLD,
     mean_baseline,
@@ -154,9 +155,8 @@ def build_graph_cache(cifs, config: GraphConfig, path: Path | None = None, log: 
         arrays: dict[str, np.ndarray] = {"ids": np.array(json.dumps(list(graphs)))}
         for i, g in graphs.items():
             arrays.update(g.to_arrays(i))
-        tmp = path.with_name(".graphs.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, **arrays)
     return graphs
 
 
@@ -379,7 +379,5 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         "gnn_uncertainty": _calibration(gnn.log10_sigma_mean, gnn.log10_sigma_std, truth),
         "forest_uncertainty": _calibration(trees.log10_sigma, trees.spread, truth),
     }
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    tmp.replace(run_dir / "metrics.json")
+    write_json_atomic(metrics, run_dir / "metrics.json")
     return metrics

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from htvs.checkpoints import write_json_atomic
+from htvs.atomic import write_json_atomic
 from htvs.generation.data import CrystalArrays, load_perov5
 from htvs.generation.sampling import sample_crystals, to_structures
 from htvs.generation.train import crystal_tensors, load_run_model

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from htvs.checkpoints import save_atomic, write_json_atomic
+from htvs.atomic import write_json_atomic
+from htvs.checkpoints import save_atomic
 from htvs.errors import InvalidInput
 from htvs.generation.data import CrystalArrays, load_perov5
 from htvs.generation.diffusion import DiffusionSchedule, wrapped_normal_score

@@ -83,9 +83,10 @@ def prototype_table(result: SubstitutionResult) -> pa.Table:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    from htvs.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def write_substitution_tables(result: SubstitutionResult, out_dir: Path) -> dict[str, Path]:

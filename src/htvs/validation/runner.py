@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pymatgen.core import Structure
 
-from htvs.checkpoints import write_json_atomic
+from htvs.atomic import write_json_atomic
 from htvs.errors import InvalidInput
 from htvs.thermo import ReferenceHull
 from htvs.validation.backends import Backend
