@@ -24,6 +24,7 @@ from htvs.cli_output import (
     _progress,
     _stderr,
 )
+from htvs.screening_config import PAPER_THRESHOLDS
 
 app = typer.Typer(
     name="htvs",
@@ -349,10 +350,16 @@ def screen(
         ..., "--formulas", help="formulas.parquet of `htvs substitute` (or any table with 'formula')."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for screen.parquet and funnel.json."),
-    max_e_form: float = typer.Option(0.1, help="Keep predicted E_f <= this (eV/atom)."),
-    max_e_hull: float = typer.Option(0.2, help="Keep predicted E_above_hull <= this (eV/atom)."),
-    min_gap: float = typer.Option(0.5, help="Keep predicted band gap >= this (eV)."),
-    min_phi_ox: float = typer.Option(4.0, help="Keep oxidation potential >= this (V vs Li/Li+)."),
+    max_e_form: float = typer.Option(
+        PAPER_THRESHOLDS.max_e_form_ev_per_atom, help="Keep predicted E_f <= this (eV/atom)."
+    ),
+    max_e_hull: float = typer.Option(
+        PAPER_THRESHOLDS.max_e_above_hull_ev_per_atom, help="Keep predicted E_above_hull <= this (eV/atom)."
+    ),
+    min_gap: float = typer.Option(PAPER_THRESHOLDS.min_band_gap_ev, help="Keep predicted band gap >= this (eV)."),
+    min_phi_ox: float = typer.Option(
+        PAPER_THRESHOLDS.min_phi_ox_v, help="Keep oxidation potential >= this (V vs Li/Li+)."
+    ),
     e_form_models: Path | None = typer.Option(None, help="E_f ensemble folder (default: shipped)."),
     band_gap_models: Path | None = typer.Option(None, help="Band-gap ensemble folder (default: shipped)."),
     as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),

@@ -1,22 +1,22 @@
 """Stage 3 of the funnel: composition screening on predicted energies, gaps, hulls and windows.
 
-The paper's thresholds are the defaults: predicted E_f <= 0.1 eV/atom and predicted
-E_above_hull <= 0.2 eV/atom (the prediction taken as the formula's ground state, against the
-reference MP hull), then band gap >= 0.5 eV, then oxidation potential phi_ox >= 4 V vs Li/Li+
-from the Li grand-potential windows. Filters apply in that order; windows are only computed
-for formulas that pass the first two, which is where the cost is.
+The paper's thresholds are the defaults (:mod:`htvs.screening_config`): predicted E_f and
+E_above_hull (the prediction taken as the formula's ground state, against the reference MP
+hull), then band gap, then oxidation potential phi_ox from the Li grand-potential windows.
+Filters apply in that order; windows are only computed for formulas that pass the first two,
+which is where the cost is.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from htvs.errors import InvalidInput
+from htvs.screening_config import CompositionScreenConfig
 from htvs.thermo import (
     HullResult,
     ReferenceHull,
@@ -27,27 +27,6 @@ from htvs.thermo import (
 
 #: Columns of the per-formula prediction table (stage 2's output, this stage's input).
 PREDICTION_COLUMNS = ("formula", "e_form_mean", "e_form_std", "band_gap_mean", "band_gap_std", "error")
-
-
-@dataclass(frozen=True)
-class CompositionScreenConfig:
-    """Thresholds of composition screening (units in the names)."""
-
-    max_e_form_ev_per_atom: float = 0.1
-    max_e_above_hull_ev_per_atom: float = 0.2
-    min_band_gap_ev: float = 0.5
-    min_phi_ox_v: float = 4.0
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidInput(f"{name} must be a finite number, got {value!r}")
-        if self.min_band_gap_ev < 0:
-            raise InvalidInput(f"min_band_gap_ev must be >= 0, got {self.min_band_gap_ev}")
-        if self.max_e_above_hull_ev_per_atom < 0:
-            raise InvalidInput(
-                f"max_e_above_hull_ev_per_atom must be >= 0, got {self.max_e_above_hull_ev_per_atom}"
-            )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from htvs.errors import InvalidInput
+from htvs.screening_config import PAPER_THRESHOLDS
 
 
 class _Section(BaseModel):
@@ -55,12 +56,12 @@ class CompositionSection(_Section):
 
 
 class ScreeningSection(_Section):
-    """Stage 3 thresholds (the paper's defaults)."""
+    """Stage 3 thresholds (the paper's defaults, from :mod:`htvs.screening_config`)."""
 
-    max_e_form_ev_per_atom: float = 0.1
-    max_e_above_hull_ev_per_atom: float = 0.2
-    min_band_gap_ev: float = 0.5
-    min_phi_ox_v: float = 4.0
+    max_e_form_ev_per_atom: float = PAPER_THRESHOLDS.max_e_form_ev_per_atom
+    max_e_above_hull_ev_per_atom: float = PAPER_THRESHOLDS.max_e_above_hull_ev_per_atom
+    min_band_gap_ev: float = PAPER_THRESHOLDS.min_band_gap_ev
+    min_phi_ox_v: float = PAPER_THRESHOLDS.min_phi_ox_v
 
 
 class StructuresSection(_Section):
@@ -141,7 +142,7 @@ def _describe(error: ValidationError) -> str:
 
 def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> CampaignConfig:
     """Deeper checks that need the stage configs: pool, rule, thresholds, model folders."""
-    from htvs.screening import CompositionScreenConfig
+    from htvs.screening_config import CompositionScreenConfig
 
     substitution_config(config)
     CompositionScreenConfig(**config.screening.model_dump())
