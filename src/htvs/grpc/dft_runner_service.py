@@ -273,7 +273,7 @@ class DFTRunnerServicer(pb_grpc.DFTRunnerServiceServicer):
             del self._jobs[key]
 
     def _run(self, job: _Job) -> None:
-        from htvs.validation.runner import validate_structure
+        from htvs.validation.pipeline import validate_structure
 
         if job.cancel.is_set():
             self._finish(job, pb.JOB_STATE_CANCELLED, "cancelled before it started", "ValidationCancelled")

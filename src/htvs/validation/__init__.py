@@ -13,9 +13,9 @@ Typical use::
 
 Modules: :mod:`~htvs.validation.config` (settings), :mod:`~htvs.validation.inputs` (structures,
 supercells), :mod:`~htvs.validation.mlip` (CHGNet), :mod:`~htvs.validation.vasp` (MP inputs,
-parsing), :mod:`~htvs.validation.md` (protocol, checkpoints), :mod:`~htvs.validation.diffusion`
+parsing), :mod:`~htvs.validation.md` (protocol, checkpoints), :mod:`~htvs.validation.transport`
 (D, Arrhenius, Nernst–Einstein), :mod:`~htvs.validation.stability` (E_f, E_hull, window),
-:mod:`~htvs.validation.runner` (the stage function). Nothing heavy (torch, chgnet, ase) is
+:mod:`~htvs.validation.pipeline` (the stage function). Nothing heavy (torch, chgnet, ase) is
 imported until a backend or an MD run needs it.
 """
 
@@ -30,7 +30,7 @@ from htvs.validation.config import (
     ValidationConfig,
     parse_temperatures,
 )
-from htvs.validation.diffusion import (
+from htvs.validation.transport import (
     conductivity_from_trajectories,
     estimate_diffusivity,
     fit_arrhenius_sigma,
@@ -49,7 +49,7 @@ from htvs.validation.records import (
     ValidationProgress,
     ValidationResult,
 )
-from htvs.validation.runner import validate_structure
+from htvs.validation.pipeline import validate_structure
 from htvs.validation.stability import assess_stability, formation_energy_per_atom
 
 __all__ = [

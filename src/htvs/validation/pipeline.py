@@ -22,7 +22,7 @@ from htvs.errors import InvalidInput
 from htvs.thermo import ReferenceHull
 from htvs.validation.backends import Backend
 from htvs.validation.config import ValidationConfig
-from htvs.validation.diffusion import conductivity_from_trajectories
+from htvs.validation.transport import conductivity_from_trajectories
 from htvs.validation.inputs import check_structure, make_supercell
 from htvs.validation.md import checkpoint_step
 from htvs.validation.records import (
