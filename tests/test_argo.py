@@ -1,7 +1,7 @@
 """The campaign WorkflowTemplate: golden file, Argo JSON Schema, retries, GPU request, fan-out.
 
 The schema is Argo Workflows v4.1.x ``api/jsonschema/schema.json`` (draft 2020-12, Apache-2.0;
-provenance in ``../shared/data/SOURCES.md``). Its ``IntOrString`` is declared as a plain string, while
+from the argoproj/argo-workflows repository, copied to ``tests/data/argo/``). Its ``IntOrString`` is declared as a plain string, while
 Argo accepts integers there (``backoff.factor: 2``), so that one definition is widened; nothing else is.
 
 ``HTVS_REGENERATE_GOLDEN=1 pytest tests/test_argo.py`` rewrites ``argo/campaign.yaml`` and its copy

@@ -82,7 +82,7 @@ def test_unknown_rule_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> Non
 
 
 def test_window_json_matches_the_literature(runner: CliRunner) -> None:
-    """Li3PS4 about 1.7-2.3 V with MP data (Zhu, He, Mo, ACS AMI 2015; FACTS.md: 1.72-2.36 V)."""
+    """Li3PS4 about 1.7-2.3 V with MP data (Zhu, He, Mo, ACS AMI 2015)."""
     payload = run_json(runner, "window", "Li3PS4")
     assert set(payload) >= {"formula", "phi_red", "phi_ox", "reduction_products", "oxidation_products"}
     assert payload["formula"] == "Li3PS4"

@@ -33,7 +33,7 @@ def shipped():
 
 def test_bundled_perov5_splits():
     val, test = load_perov5("val"), load_perov5("test")
-    assert (len(val), len(test)) == (3787, 3785)  # shared/data/SOURCES.md
+    assert (len(val), len(test)) == (3787, 3785)  # the CDVAE perov_5 split sizes
     assert set(val.num_atoms.tolist()) == {5}
     assert np.all((val.frac >= 0) & (val.frac < 1))
 

@@ -1,7 +1,7 @@
 """Prototype sources: bundled set, local folder, Materials Project (recorded responses).
 
 Reference counts: the 321 bundled OBELiX CIFs hold 72 fully ordered structures, 64 of them
-Li-containing ternaries or quaternaries (``shared/data/SOURCES.md``); pymatgen ships five Li
+Li-containing ternaries or quaternaries (``src/htvs/data/README.md``); pymatgen ships five Li
 compounds, two of which (LiFePO4, Li3V2(PO4)3) are ordered ternaries/quaternaries.
 """
 

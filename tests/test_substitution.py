@@ -53,7 +53,7 @@ def test_paper_pool_has_28_elements_with_li_and_s() -> None:
 
 @pytest.mark.parametrize(("n_species", "expected"), [(2, 52), (3, 1950)])
 def test_paper_rule_counts(n_species: int, expected: int) -> None:
-    """DESIGN.md: ternary Li_xA_yB_z -> 26 x 2 = 52; quaternary -> 3 x 26 x 25 = 1,950."""
+    """The paper's rule: ternary Li_xA_yB_z -> 26 x 2 = 52; quaternary -> 3 x 26 x 25 = 1,950."""
     assert count_assignments(PAPER, n_species) == expected
     table = assignment_table(PAPER, n_species)
     assert table.shape == (expected, n_species)

@@ -85,7 +85,7 @@ def assert_matches(result: WindowResult, expected: ProfileWindow, label: str) ->
 
 
 def test_llzo_window_matches_literature(mp_hull):
-    # 0.05-2.91 V: Richards et al., Chem. Mater. 28, 266 (2016), Table 1; also FACTS.md
+    # 0.05-2.91 V: Richards et al., Chem. Mater. 28, 266 (2016), Table 1
     # (pymatgen's profile on the bundled MP data). Products are the paper's.
     result = electrochemical_window(mp_hull, "Li7La3Zr2O12")
     assert result.phi_red_v == pytest.approx(0.05, abs=0.05)
@@ -96,7 +96,7 @@ def test_llzo_window_matches_literature(mp_hull):
 
 def test_li3ps4_window_matches_literature(mp_hull):
     # 1.72-2.36 V: Zhu, He & Mo, ACS Appl. Mater. Interfaces 7, 23685 (2015) (1.71-2.31 V);
-    # Richards et al. 2016; FACTS.md. Reduction to Li2S + P as in both papers.
+    # Richards et al. 2016. Reduction to Li2S + P as in both papers.
     result = electrochemical_window(mp_hull, "Li3PS4")
     assert result.phi_red_v == pytest.approx(1.72, abs=0.05)
     assert result.phi_ox_v == pytest.approx(2.36, abs=0.05)

@@ -2,7 +2,7 @@
 
 aviary's ``Roost.forward`` works on a flat list of element nodes and pools with
 ``scatter_reduce``; a traced ONNX graph of it bakes the scatter output sizes in, so it fails on
-any other batch size (FACTS.md). :class:`DenseRoost` computes the same prediction from a
+any other batch size (``ScatterElements ... indices element out of data bounds``). :class:`DenseRoost` computes the same prediction from a
 ``(batch, max_elements)`` layout, where padding positions carry ``z = 0`` and weight 0 and are
 removed by masks, so an exported graph has truly dynamic batch and element axes.
 

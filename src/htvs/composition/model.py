@@ -2,7 +2,7 @@
 
 aviary-models is the maintained implementation by Roost's author; htvs only chooses the
 width. The defaults are narrower than aviary's (2.3 M parameters, ~130 s/epoch on 95 k
-formulas with 2 CPU threads, FACTS.md) so that a 10-model ensemble trains in hours on a
+formulas with 2 CPU threads, measured on a 2-core machine) so that a 10-model ensemble trains in hours on a
 laptop CPU.
 """
 
