@@ -1,7 +1,8 @@
 """The htvs screening campaign as an Argo ``WorkflowTemplate`` (Hera 7.x).
 
-The DAG runs one container per campaign step, every step reading and writing the same object store
-(``s3://bucket/prefix``)::
+The DAG runs one container per step of the stage graph (``htvs.campaign.graph.STAGES``: names,
+order, resources, GPU and fan-out come from there), every step reading and writing the same
+object store (``s3://bucket/prefix``)::
 
     prototypes -> substitute -> shards -> predict (one pod per shard, withParam) -> screen -> structures -> conductivity -> validate (GPU) -> report
 
@@ -38,6 +39,8 @@ from hera.workflows import (
     WorkflowTemplate,
     models as m,
 )
+
+from htvs.campaign.graph import STAGES, STAGES_BY_NAME
 
 NAME = "htvs-campaign"
 IMAGE_TAG = "0.1.0"
@@ -185,65 +188,44 @@ def build_template() -> WorkflowTemplate:
             m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource()),
         ],
     ) as template:
-        prototypes = _stage("prototypes", ["campaign", "stage", "prototypes", *_common_args()])
-        substitute = _stage(
-            "substitute",
-            ["campaign", "stage", "substitute", *_common_args()],
-            resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
-        )
-        shards = _stage(
-            "shards",
-            ["campaign", "shards", *_common_args()],
-            resources=Resources(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi"),
-        )
-        predict = _stage(
-            "predict",
-            ["campaign", "stage", "predict", *_common_args(), "--shard", "{{inputs.parameters.shard}}"],
-            image="gpu-image",
-            inputs=[Parameter(name="shard")],
-            resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
-            pod_spec_patch=GPU_POD_SPEC_PATCH,
-        )
-        screen = _stage(
-            "screen",
-            ["campaign", "stage", "screen", *_common_args()],
-            resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
-        )
-        structures = _stage(
-            "structures",
-            ["campaign", "stage", "structures", *_common_args()],
-            resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
-        )
-        conductivity = _stage(
-            "conductivity",
-            ["campaign", "stage", "conductivity", *_common_args()],
-            resources=Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
-        )
-        validate = _stage(
-            "validate",
-            ["campaign", "stage", "validate", *_common_args()],
-            image="gpu-image",
-            resources=Resources(cpu_request="4", memory_request="8Gi", memory_limit="32Gi"),
-            pod_spec_patch=GPU_POD_SPEC_PATCH,
-        )
-        report = _stage("report", ["campaign", "stage", "report", *_common_args()])
+        templates: list[tuple[str, Container]] = []
+        for stage in STAGES:
+            if stage.sharded:  # the fan-out's list of shard indices, then one pod per shard
+                templates.append(("shards", _stage(
+                    "shards",
+                    ["campaign", "shards", *_common_args()],
+                    resources=Resources(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi"),
+                )))
+            gpu = stage.resources.gpus > 0
+            shard_args = ["--shard", "{{inputs.parameters.shard}}"] if stage.sharded else []
+            templates.append((stage.name, _stage(
+                stage.name,
+                ["campaign", "stage", stage.name, *_common_args(), *shard_args],
+                image="gpu-image" if gpu else "image",
+                inputs=[Parameter(name="shard")] if stage.sharded else None,
+                resources=Resources(
+                    cpu_request=stage.resources.cpu_request,
+                    memory_request=stage.resources.memory_request,
+                    memory_limit=stage.resources.memory_limit,
+                ),
+                pod_spec_patch=GPU_POD_SPEC_PATCH if gpu else None,
+            )))
 
         with DAG(name="campaign"):
-            t_prototypes = prototypes(name="prototypes")
-            t_substitute = substitute(name="substitute")
-            t_shards = shards(name="shards")
-            t_predict = predict(
-                name="predict",
-                with_param=t_shards.result,
-                arguments=[Parameter(name="shard", value="{{item}}")],
-            )
-            t_screen = screen(name="screen")
-            t_structures = structures(name="structures")
-            t_conductivity = conductivity(name="conductivity")
-            t_validate = validate(name="validate")
-            t_report = report(name="report")
-            (t_prototypes >> t_substitute >> t_shards >> t_predict >> t_screen >> t_structures >> t_conductivity
-             >> t_validate >> t_report)
+            tasks = {}
+            for name, container in templates:
+                if name in STAGES_BY_NAME and STAGES_BY_NAME[name].sharded:
+                    tasks[name] = container(
+                        name=name,
+                        with_param=tasks["shards"].result,
+                        arguments=[Parameter(name="shard", value="{{item}}")],
+                    )
+                else:
+                    tasks[name] = container(name=name)
+            # one chain in graph order: every stage after all the stages it needs
+            chain = list(tasks.values())
+            for before, after in zip(chain, chain[1:]):
+                before >> after
     return template
 
 

@@ -253,3 +253,32 @@ def test_stage_7_validates_the_shortlist_with_chgnet(tmp_path: Path, models) -> 
         assert funnel["validated_stable"] == int(row["stable"])
     assert list(funnel)[-2:] == ["validated", "validated_stable"]
     assert any((tmp_path / "md").iterdir())  # MD checkpoints went to the configured workdir
+
+
+def test_the_stage_graph_is_the_one_definition(tmp_path: Path, models) -> None:
+    """Every stage runs after what it needs, declares exactly the outputs it writes, and the
+    CLI lists the graph in run order."""
+    from htvs.campaign.graph import STAGES, _check_graph, output_key
+    from htvs.errors import StageFailed
+
+    _check_graph()
+    assert FUNNEL_ORDER == (
+        "prototypes", "substitutions", "unique_formulas", "predicted", "e_form_and_hull", "band_gap",
+        "oxidation_window", "structures", "unique_structures", "scored_structures", "superionic_shortlist",
+        "validated", "validated_stable",
+    )  # fmt: skip
+    config = load_campaign(write_config(tmp_path / "c.yaml", models))
+    store = open_store(tmp_path / "store")
+    results = run_step(store, config, "report")
+    for stage in STAGES:
+        if not stage.outputs:
+            continue
+        manifests = results[stage.name] if stage.sharded else (results[stage.name],)
+        for manifest in manifests:
+            declared = {output_key(manifest, stage.name, output) for output in stage.outputs}
+            assert declared == set(manifest.output_keys), stage.name
+            assert all(store.exists(key) for key in declared)
+    with pytest.raises(StageFailed, match="no output named 'nope'"):
+        output_key(results["screen"], "screen", "nope")
+    listed = CliRunner().invoke(app, ["campaign", "stages", "--json"])
+    assert [row["name"] for row in json.loads(listed.stdout)] == [s.name for s in STAGES]

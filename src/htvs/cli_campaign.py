@@ -76,9 +76,7 @@ def campaign_plot(
 
 @campaign_app.command("stage")
 def campaign_stage(
-    step: str = typer.Argument(
-        ..., help="prototypes | substitute | predict | screen | structures | conductivity | validate | report"
-    ),
+    step: str = typer.Argument(..., help="A step of the stage graph (`htvs campaign stages` lists them)."),
     config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
     store_url: str = typer.Option(..., "--store", help=_STORE_HELP),
     shard: int | None = typer.Option(None, help="predict only: the shard to run (Argo fan-out)."),
@@ -96,6 +94,38 @@ def campaign_stage(
         _emit_json(json.loads(result.model_dump_json()))
     else:
         _emit_json({"step": step, "done": True})
+
+
+@campaign_app.command("stages")
+def campaign_stages(
+    as_json: bool = typer.Option(False, "--json", help="Print the graph as JSON on stdout."),
+) -> None:
+    """List the stage graph: each step, what it needs, its outputs, config section, funnel counts,
+    the service that runs it when deployed, and its Kubernetes resources."""
+    from dataclasses import asdict
+
+    from htvs.campaign.graph import STAGES
+
+    rows = [
+        {
+            "name": s.name, "summary": s.summary, "needs": list(s.needs), "outputs": dict(s.outputs),
+            "config_section": s.config_section, "funnel": list(s.funnel), "service": s.service,
+            "sharded": s.sharded, "resources": asdict(s.resources),
+        }
+        for s in STAGES
+    ]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("step", "needs", "outputs", "config", "service", "pod (cpu / memory / GPU)", title="stage graph")
+    for row in rows:
+        r = row["resources"]
+        table.add_row(
+            row["name"] + (" (sharded)" if row["sharded"] else ""), ", ".join(row["needs"]) or "-",
+            ", ".join(row["outputs"]) or "-", row["config_section"] or "-", row["service"] or "-",
+            f"{r['cpu_request']} / {r['memory_request']}..{r['memory_limit']} / {r['gpus']}",
+        )
+    Console().print(table)
 
 
 @campaign_app.command("shards")

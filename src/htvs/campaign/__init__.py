@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from htvs.campaign.config import CampaignConfig, load_campaign, parse_campaign
-from htvs.campaign.runner import STEPS, CampaignManifests, run_campaign, run_step, shard_list
+from htvs.campaign.graph import STAGES, Stage
+from htvs.campaign.runner import STEPS, run_campaign, run_step, shard_list
 
 __all__ = [
+    "STAGES",
     "STEPS",
     "CampaignConfig",
-    "CampaignManifests",
+    "Stage",
     "load_campaign",
     "parse_campaign",
     "run_campaign",

@@ -9,30 +9,20 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from htvs.campaign.config import CampaignConfig
-from htvs.campaign.stages import (
-    InProcessBackend,
-    StageBackend,
-    _output,
-    run_conductivity,
-    run_predict_shard,
-    run_prototypes,
-    run_screen,
-    run_structures,
-    run_substitute,
-    shard_rows,
-)
 from htvs.atomic import write_bytes_atomic
-from htvs.errors import InvalidInput
+from htvs.campaign.config import CampaignConfig
+from htvs.campaign.graph import FUNNEL_ORDER, STAGES, STEP_NAMES, RunContext, output_key, stage, upstream
+from htvs.campaign.stages import InProcessBackend, StageBackend
 from htvs.store import ArtifactStore, StageManifest
 
-STEPS = ("prototypes", "substitute", "predict", "screen", "structures", "conductivity", "validate", "report")
+#: The step names, in run order (see :mod:`htvs.campaign.graph`).
+STEPS = STEP_NAMES
 #: Files the runner leaves in the output directory.
 OUTPUT_FILES = (
     "substitutions.parquet",
@@ -52,22 +42,8 @@ OUTPUT_FILES = (
 #: ``(step, done, total)``: a step's progress in its own units (formulas, structures, ...);
 #: ``total`` None means "started, size not known yet".
 Progress = Callable[[str, int, "int | None"], None]
-#: The funnel's steps, in order (funnel.json is written in this order).
-FUNNEL_ORDER = (
-    "prototypes",
-    "substitutions",
-    "unique_formulas",
-    "predicted",
-    "e_form_and_hull",
-    "band_gap",
-    "oxidation_window",
-    "structures",
-    "unique_structures",
-    "scored_structures",
-    "superionic_shortlist",
-    "validated",
-    "validated_stable",
-)
+#: Manifests of the steps run so far: step name -> manifest (a tuple for a sharded step).
+Results = dict[str, Any]
 
 
 def ordered_funnel(funnel: dict) -> dict:
@@ -80,26 +56,8 @@ def _quiet(step: str, done: int, total: int | None) -> None:
     return None
 
 
-def _finished(progress: Progress, step: str, count: int) -> None:
-    """Report ``step`` complete with its count (also when its manifest made it a cache hit)."""
-    progress(step, count, count)
-
-
 def report_prefix(config: CampaignConfig) -> str:
     return f"campaigns/{config.name}/report"
-
-
-@dataclass(frozen=True)
-class CampaignManifests:
-    """The manifests of a finished DAG, in order."""
-
-    prototypes: StageManifest
-    substituted: StageManifest
-    predicted: tuple[StageManifest, ...]
-    screened: StageManifest
-    structures: StageManifest | None = None
-    conductivity: StageManifest | None = None
-    validation: StageManifest | None = None
 
 
 def run_step(
@@ -109,95 +67,60 @@ def run_step(
     shard: int | None = None,
     backend: StageBackend | None = None,
     progress: Progress = _quiet,
-) -> StageManifest | CampaignManifests | dict:
-    """Run one step of the DAG; the steps it depends on run first (cache hits when done).
+) -> StageManifest | Results:
+    """Run one step of the DAG; the steps it needs run first (cache hits when done).
 
-    ``predict`` with a ``shard`` runs that shard only (the Argo fan-out); without, all shards.
+    A sharded step (``predict``) with a ``shard`` runs that shard only (the Argo fan-out) and
+    returns its manifest; without, all shards. The first two steps return their manifest, the
+    later ones the manifests of every step run (name -> manifest).
     """
-    if step not in STEPS:
-        raise InvalidInput(f"unknown campaign step {step!r}; choose from {list(STEPS)}")
-    backend = backend or InProcessBackend()
-    progress("prototypes", 0, None)
-    prototypes = run_prototypes(store, config)
-    _finished(progress, "prototypes", prototypes.row_counts["prototypes"])
-    if step == "prototypes":
-        return prototypes
-    progress("substitute", 0, None)
-    substituted = run_substitute(store, config, prototypes, backend)
-    _finished(progress, "substitute", substituted.row_counts["substitutions"])
-    if step == "substitute":
-        return substituted
-    if step == "predict" and shard is not None:
-        return run_predict_shard(store, config, substituted, shard, backend)
-    shards = config.composition.shards
-    n_formulas = substituted.row_counts["unique_formulas"]
-    sizes = [len(shard_rows(n_formulas, i, shards)) for i in range(shards)]
-    predicted = []
-    for i in range(shards):
-        progress("predict", sum(sizes[:i]), n_formulas)
-        predicted.append(run_predict_shard(store, config, substituted, i, backend))
-    _finished(progress, "predict", n_formulas)
-    if step == "predict":
-        return CampaignManifests(prototypes, substituted, tuple(predicted), substituted)
-    screened = run_screen(store, config, predicted, backend, progress)
-    _finished(progress, "screen", n_formulas)
-    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened)
-    if step == "screen":
-        return manifests
-    structures = run_structures(store, config, prototypes, substituted, screened, progress)
-    _finished(progress, "structures", structures.row_counts["structures"])
-    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures)
-    if step == "structures":
-        return manifests
-    conductivity = run_conductivity(store, config, structures, backend, progress)
-    _finished(progress, "conductivity", structures.row_counts["unique_structures"])
-    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures, conductivity)
-    if step == "conductivity":
-        return manifests
-    from htvs.campaign.validate_stage import run_validation
-
-    progress("validate", 0, None)
-    validation = run_validation(store, config, structures, conductivity, progress)
-    _finished(progress, "validate", validation.row_counts["validated"] + validation.row_counts["errors"])
-    manifests = CampaignManifests(prototypes, substituted, tuple(predicted), screened, structures, conductivity,
-                                  validation)
-    if step == "validate":
-        return manifests
-    write_report(store, config, manifests)
-    return manifests
+    target = stage(step)
+    ctx = RunContext(store, config, backend or InProcessBackend(), progress)
+    for current in upstream(step):
+        if current is target and current.sharded and shard is not None:
+            return current.run(ctx, shard)[0]  # type: ignore[call-arg]
+        if not current.sharded and current.progress_count is not None:
+            progress(current.name, 0, None)
+        ctx.results[current.name] = current.run(ctx)
+        _report_finished(ctx, current.name)
+    if step in ("prototypes", "substitute"):
+        return ctx.results[step]
+    return ctx.results
 
 
-def write_report(store: ArtifactStore, config: CampaignConfig, manifests: CampaignManifests) -> dict:
-    """The whole funnel and the candidate table, under ``campaigns/<name>/report``."""
-    prototypes, substituted, screened = manifests.prototypes, manifests.substituted, manifests.screened
-    screen_funnel = store.get_json(_output(screened, "funnel.json"))
+def _report_finished(ctx: RunContext, name: str) -> None:
+    """Report ``name`` complete with its size (also when its manifests made it a cache hit)."""
+    current = stage(name)
+    if current.sharded:
+        count = ctx.results["substitute"].row_counts["unique_formulas"]
+    elif current.progress_count is None:
+        return
+    else:
+        count = ctx.results[name].row_counts[current.progress_count]
+    ctx.progress(name, count, count)
+
+
+def write_report(store: ArtifactStore, config: CampaignConfig, results: Results) -> dict:
+    """The whole funnel and the candidate tables, under ``campaigns/<name>/report``."""
     funnel = {
-        "prototypes": prototypes.row_counts["prototypes"],
-        "substitutions": substituted.row_counts["substitutions"],
-        "unique_formulas": substituted.row_counts["unique_formulas"],
-        **{k: v for k, v in screen_funnel.items() if k != "formulas"},
+        key: results[s.name].row_counts[key]
+        for s in STAGES
+        if s.funnel and s.name in results and s.reports_funnel(config)
+        for key in s.funnel
     }
-    if manifests.structures is not None:
-        funnel["structures"] = manifests.structures.row_counts["structures"]
-        funnel["unique_structures"] = manifests.structures.row_counts["unique_structures"]
-    table = store.get_table(_output(screened, "screen.parquet")).to_pandas()
+    table = store.get_table(output_key(results["screen"], "screen", "screen")).to_pandas()
     candidates = table[table["passed"]].drop(
         columns=[c for c in table.columns if c.startswith("passed") or c in ("error", "screen_error")]
     )
     candidates = candidates.sort_values(["phi_ox", "e_above_hull"], ascending=[False, True])
     prefix = report_prefix(config)
-    if manifests.conductivity is not None:
-        funnel["scored_structures"] = manifests.conductivity.row_counts["scored_structures"]
-        funnel["superionic_shortlist"] = manifests.conductivity.row_counts["superionic_shortlist"]
-        scored = store.get_table(_output(manifests.conductivity, "conductivity.parquet")).to_pandas()
+    if "conductivity" in results:
+        scored = store.get_table(output_key(results["conductivity"], "conductivity", "conductivity")).to_pandas()
         shortlist = scored[scored["shortlisted"]].drop(columns=["shortlisted", "error"])
         shortlist = shortlist.merge(candidates, on="formula", how="left")
         text = io.StringIO()
         shortlist.to_csv(text, index=False, float_format="%.6g")
         store.put_bytes(f"{prefix}/structure_candidates.csv", text.getvalue().encode())
-    if manifests.validation is not None and config.validation.top_k > 0:
-        funnel["validated"] = manifests.validation.row_counts["validated"]
-        funnel["validated_stable"] = manifests.validation.row_counts["validated_stable"]
     store.put_json(f"{prefix}/funnel.json", funnel)
     buffer = io.StringIO()
     candidates.to_csv(buffer, index=False, float_format="%.6g")
@@ -219,28 +142,26 @@ def run_campaign(
 ) -> dict:
     """Run every step, then copy the final tables, ``funnel.json`` and ``candidates.csv`` to
     ``out_dir``. Returns the funnel."""
-    manifests = run_step(store, config, "report", backend=backend, progress=progress)
-    assert isinstance(manifests, CampaignManifests)
+    results = run_step(store, config, "report", backend=backend, progress=progress)
+    assert isinstance(results, dict)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     copies = {
-        name: _output(manifests.substituted, name)
-        for name in ("substitutions.parquet", "formulas.parquet", "prototypes.parquet")
+        file_name: output_key(results["substitute"], "substitute", output)
+        for output, file_name in (("substitutions", "substitutions.parquet"), ("formulas", "formulas.parquet"),
+                                  ("prototype_table", "prototypes.parquet"))
     }
-    copies["screen.parquet"] = _output(manifests.screened, "screen.parquet")
-    if manifests.structures is not None:
-        copies["structures.parquet"] = _output(manifests.structures, "structures.parquet")
-    if manifests.conductivity is not None:
-        copies["conductivity.parquet"] = _output(manifests.conductivity, "conductivity.parquet")
-        copies["structure_candidates.csv"] = f"{report_prefix(config)}/structure_candidates.csv"
-    if manifests.validation is not None:
-        for name in ("validation.parquet", "validation.json"):
-            copies[name] = _output(manifests.validation, name)
+    copies["screen.parquet"] = output_key(results["screen"], "screen", "screen")
+    copies["structures.parquet"] = output_key(results["structures"], "structures", "structures")
+    copies["conductivity.parquet"] = output_key(results["conductivity"], "conductivity", "conductivity")
+    copies["structure_candidates.csv"] = f"{report_prefix(config)}/structure_candidates.csv"
+    copies["validation.parquet"] = output_key(results["validate"], "validate", "validation")
+    copies["validation.json"] = output_key(results["validate"], "validate", "documents")
     copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
     for name, key in copies.items():
         write_bytes_atomic(out_dir / name, store.get_bytes(key))
     predictions = pa.concat_tables(
-        [store.get_table(_output(m, "predictions.parquet")) for m in manifests.predicted]
+        [store.get_table(output_key(m, "predict", "predictions")) for m in results["predict"]]
     )
     buffer = io.BytesIO()
     pq.write_table(predictions, buffer, compression="zstd")

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from htvs.campaign.config import CampaignConfig, substitution_config
+from htvs.campaign.graph import output_key
 from htvs.errors import InvalidInput, StageFailed
 from htvs.store import ArtifactStore, StageManifest, run_cached
 
@@ -161,7 +162,7 @@ def run_substitute(
     """Stage 1 on the stored prototypes: the three Parquet tables."""
     from htvs.substitution.tables import formula_table, prototype_table, substitution_table
 
-    proto_key = _output(prototypes, PROTOTYPES_FILE)
+    proto_key = output_key(prototypes, "prototypes", "prototypes")
     sub_config = substitution_config(config)
 
     def step(store: ArtifactStore, prefix: str):
@@ -194,7 +195,7 @@ def run_predict_shard(
     backend: StageBackend,
 ) -> StageManifest:
     """Stage 2 on one shard of the unique formulas."""
-    formulas_key = _output(substituted, "formulas.parquet")
+    formulas_key = output_key(substituted, "substitute", "formulas")
     shards = config.composition.shards
     if not 0 <= shard < shards:
         raise StageFailed(f"shard {shard} is outside 0..{shards - 1}")
@@ -228,7 +229,7 @@ def run_screen(
     ``progress(step, done, total)`` sees ``screen hull`` (formulas with E_f under the threshold)
     and ``screen window`` (formulas that passed E_hull and band gap).
     """
-    keys = [_output(m, "predictions.parquet") for m in shards]
+    keys = [output_key(m, "predict", "predictions") for m in shards]
 
     def step(store: ArtifactStore, prefix: str):
         start = time.perf_counter()
@@ -302,13 +303,6 @@ def _relay(progress, step: str, total: int):
     return lambda done: progress(step, done, total)
 
 
-def _output(manifest: StageManifest, name: str) -> str:
-    for key in manifest.output_keys:
-        if key.rsplit("/", 1)[-1] == name:
-            return key
-    raise StageFailed(f"stage {manifest.stage!r} has no output named {name!r} ({manifest.output_keys})")
-
-
 def read_prototypes(store: ArtifactStore, key: str) -> dict:
     """The stored prototypes as ``Prototype`` records, by id."""
     from pymatgen.core import Structure
@@ -351,9 +345,9 @@ def run_structures(
 
     section = config.structures
     keys = [
-        _output(prototypes, PROTOTYPES_FILE),
-        _output(substituted, "substitutions.parquet"),
-        _output(screened, "screen.parquet"),
+        output_key(prototypes, "prototypes", "prototypes"),
+        output_key(substituted, "substitute", "substitutions"),
+        output_key(screened, "screen", "screen"),
     ]
 
     def step(store: ArtifactStore, prefix: str):
@@ -399,7 +393,7 @@ def run_conductivity(
     from htvs.conductivity.predict import ConductivityPrediction
 
     section = config.conductivity
-    key = _output(structures, "structures.parquet")
+    key = output_key(structures, "structures", "structures")
     chunk, block = 256, 4096  # a block's scores are kept in the store: a killed stage resumes
 
     def score(rows: pd.DataFrame, done: int, total: int) -> pd.DataFrame:

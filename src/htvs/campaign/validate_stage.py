@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from htvs.campaign.config import CampaignConfig, validation_config
-from htvs.campaign.stages import _output
+from htvs.campaign.graph import output_key
 from htvs.errors import HTVSError
 from htvs.store import ArtifactStore, StageManifest, run_cached
 
@@ -81,7 +81,7 @@ def run_validation(
 ) -> StageManifest:
     """Stage 7 on the stage-6 shortlist; writes ``validation.parquet`` and ``validation.json``."""
     section = config.validation
-    keys = [_output(conductivity, "conductivity.parquet"), _output(structures, "structures.parquet")]
+    keys = [output_key(conductivity, "conductivity", "conductivity"), output_key(structures, "structures", "structures")]
 
     def step(store: ArtifactStore, prefix: str):
         from htvs.thermo import ReferenceHull
