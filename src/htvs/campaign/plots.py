@@ -21,9 +21,6 @@ from pathlib import Path
 
 from htvs.errors import InvalidInput
 
-FIGURES = ("funnel.png", "screening.png", "conductivity.png")
-
-
 @dataclass
 class PlotResult:
     """What :func:`plot_campaign` wrote and what it skipped (with the reason)."""

@@ -23,22 +23,6 @@ from htvs.store import ArtifactStore, StageManifest
 
 #: The step names, in run order (see :mod:`htvs.campaign.graph`).
 STEPS = STEP_NAMES
-#: Files the runner leaves in the output directory.
-OUTPUT_FILES = (
-    "substitutions.parquet",
-    "formulas.parquet",
-    "prototypes.parquet",
-    "predictions.parquet",
-    "screen.parquet",
-    "structures.parquet",
-    "conductivity.parquet",
-    "validation.parquet",
-    "validation.json",
-    "funnel.json",
-    "candidates.csv",
-    "structure_candidates.csv",
-)
-
 #: ``(step, done, total)``: a step's progress in its own units (formulas, structures, ...);
 #: ``total`` None means "started, size not known yet".
 Progress = Callable[[str, int, "int | None"], None]

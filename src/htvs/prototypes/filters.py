@@ -67,14 +67,6 @@ class PrototypeFilter:
             return f"{n_atoms} atoms in the cell exceed max_atoms={self.max_atoms}"
         return None
 
-    def structure_reason(self, structure: Structure) -> str | None:
-        """Why ``structure`` is rejected (elements, orderedness, size), or None if it passes."""
-        reason = self.composition_reason(element_symbols(structure))
-        if reason is not None:
-            return reason
-        if not structure.is_ordered:
-            return disorder_reason(structure)
-        return self.size_reason(len(structure))
 
 
 def element_symbols(structure: Structure) -> set[str]:
