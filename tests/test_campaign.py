@@ -282,3 +282,12 @@ def test_the_stage_graph_is_the_one_definition(tmp_path: Path, models) -> None:
         output_key(results["screen"], "screen", "nope")
     listed = CliRunner().invoke(app, ["campaign", "stages", "--json"])
     assert [row["name"] for row in json.loads(listed.stdout)] == [s.name for s in STAGES]
+
+
+def test_bad_deployment_setting_is_refused_before_work(tmp_path: Path, models) -> None:
+    path = write_config(tmp_path / "c.yaml", models)
+    result = CliRunner().invoke(app, ["campaign", "run", str(path), "--out", str(tmp_path / "o")],
+                                env={"HTVS_WORKERS": "0"})
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "HTVS_WORKERS" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()

@@ -36,9 +36,11 @@ def campaign_run(
 ) -> None:
     """Run a whole campaign on this machine (the embedded default); a rerun resumes from the store."""
     from htvs.campaign import load_campaign, run_campaign
+    from htvs.settings import Settings
     from htvs.store import open_store
 
     with _clear_errors():
+        Settings.from_env()  # a bad HTVS_* variable is refused before any work
         config = load_campaign(config_path)
         backend = None
         if services:
@@ -83,9 +85,11 @@ def campaign_stage(
 ) -> None:
     """Run one step of a campaign against a store (what each Argo step runs)."""
     from htvs.campaign import load_campaign, run_step
+    from htvs.settings import Settings
     from htvs.store import StageManifest, open_store
 
     with _clear_errors():
+        Settings.from_env()  # a bad HTVS_* variable is refused before any work
         config = load_campaign(config_path)
         with _step_progress(True) as progress:
             result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard,

@@ -23,6 +23,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["Settings"]
 
 
+def _describe(error: dict) -> str:
+    """``HTVS_NAME: message (got value)``; values of credentials are never echoed."""
+    name = "HTVS_" + "_".join(str(p) for p in error["loc"]).upper()
+    shown = "" if "KEY" in name else f" (got {error.get('input')!r})"
+    return f"{name}: {error['msg']}{shown}"
+
+
 class Settings(BaseSettings):
     """Deployment settings of htvs (environment prefix ``HTVS_``).
 
@@ -46,5 +53,17 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Read the settings from the environment now; keyword arguments override it."""
-        return cls(**overrides)  # type: ignore[arg-type]
+        """Read the settings from the environment now; keyword arguments override it.
+
+        Raises:
+            InvalidInput: a variable has a bad value (the message names ``HTVS_<NAME>``).
+        """
+        from pydantic import ValidationError
+
+        from htvs.errors import InvalidInput
+
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = "; ".join(_describe(e) for e in exc.errors())
+            raise InvalidInput(f"bad deployment setting: {problems}") from None
