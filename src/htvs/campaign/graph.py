@@ -97,7 +97,7 @@ def output_key(manifest: StageManifest, stage: str, output: str) -> str:
 def _prototypes(ctx: RunContext) -> StageManifest:
     from htvs.campaign.stages import run_prototypes
 
-    return run_prototypes(ctx.store, ctx.config)
+    return run_prototypes(ctx.store, ctx.config, ctx.progress)
 
 
 def _substitute(ctx: RunContext) -> StageManifest:

@@ -117,19 +117,25 @@ def conductivity_model_version(config: CampaignConfig) -> dict[str, str]:
     return {"conductivity": hashlib.sha256(card.read_bytes()).hexdigest() if card.is_file() else "missing"}
 
 
-def run_prototypes(store: ArtifactStore, config: CampaignConfig) -> StageManifest:
-    """Load prototypes; store them as gzipped JSON lines (id, source, species, structure)."""
-    from htvs.prototypes import PrototypeFilter, load_prototypes
+def run_prototypes(store: ArtifactStore, config: CampaignConfig, progress=None) -> StageManifest:
+    """Load prototypes; store them as gzipped JSON lines (id, source, species, structure).
+
+    ``progress(step, done, total)`` sees ``prototypes`` in records parsed (the MP snapshot)."""
+    from htvs.prototypes import MPSnapshotSource, PrototypeFilter, source_from_spec
 
     section = config.prototypes
 
     def step(store: ArtifactStore, prefix: str):
         start = time.perf_counter()
-        loaded = load_prototypes(
+        source = source_from_spec(
             section.source,
             PrototypeFilter(max_atoms=section.max_atoms, allowed_n_elements=tuple(section.n_elements)),
             ids=section.ids,
         )
+        if isinstance(source, MPSnapshotSource) and progress is not None:
+            loaded = source.load(lambda done, total: progress("prototypes", done, total))
+        else:
+            loaded = source.load()
         lines = [
             json.dumps(
                 {"id": p.id, "source": p.source, "species_amounts": p.species_amounts,
