@@ -203,12 +203,12 @@ def _as_structure(item_id: str, item, config: ConductivityConfig):
     from pymatgen.core import Structure
 
     if isinstance(item, str):
+        from htvs.prototypes.readers import parse_cif  # the project's one CIF reader
+
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                item = Structure.from_str(item, fmt="cif")
-        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad CIF text
-            raise InvalidInput(f"{item_id}: malformed CIF: {type(exc).__name__}: {exc}") from exc
+            item = parse_cif(item)[0]
+        except InvalidInput as exc:
+            raise InvalidInput(f"{item_id}: malformed CIF: {exc}") from exc
     if not isinstance(item, Structure):
         raise InvalidInput(f"{item_id}: expected a pymatgen Structure or CIF text, got {type(item).__name__}")
     if len(item) == 0:
