@@ -101,19 +101,15 @@ class DictParts:
         self.loaded: list[int] = []
 
     def load(self, index: int):
-        from htvs.structures.parallel import part_from_table
-
         if index in self.parts:
             self.loaded.append(index)
-            return part_from_table(self.parts[index])
+            return self.parts[index]
         return None
 
-    def save(self, index: int, part) -> None:
-        from htvs.structures.parallel import part_to_table
-
+    def save(self, index: int, table) -> None:
         if self.die_after is not None and len(self.parts) >= self.die_after:
             raise KeyboardInterrupt("killed")
-        self.parts[index] = part_to_table(part)
+        self.parts[index] = table
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -11,7 +11,7 @@ Adding a stage means adding it here, with its function (in :mod:`htvs.campaign.s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from htvs.campaign.config import CampaignConfig
@@ -53,7 +53,8 @@ class Stage:
         outputs: output name -> file name under the stage's store prefix.
         config_section: the campaign-config section that parameterizes it (None: none).
         funnel: the funnel counts it contributes (keys of its manifest's ``row_counts``), in order.
-        progress_count: the ``row_counts`` key reported as the stage's size when it finishes.
+        progress_count: the ``row_counts`` key reported as the stage's size when it finishes
+            (summed over the shards of a sharded stage).
         service: the gRPC service that runs it when deployed (None: runs in the step's pod).
         resources: Kubernetes requests and limits of its pod.
         sharded: runs as a fan-out over ``composition.shards`` shards.
@@ -167,8 +168,7 @@ STAGES: tuple[Stage, ...] = (
           ("substitutions", "unique_formulas"), "substitutions", "substitution", _CPU2, _substitute),
     Stage("predict", "stage 2: Roost ensembles -> E_f and band gap per formula (sharded)",
           ("substitute",), {"predictions": "predictions.parquet"}, "composition",
-          (), None, "composition", Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi", gpus=1),
-          _predict, sharded=True),
+          (), "formulas", "composition", replace(_CPU2, gpus=1), _predict, sharded=True),
     Stage("screen", "stage 3: E_f, E_hull, band gap and Li-window filters",
           ("predict",), {"screen": "screen.parquet", "funnel": "funnel.json"}, "screening",
           ("predicted", "e_form_and_hull", "band_gap", "oxidation_window"), "formulas", "composition",

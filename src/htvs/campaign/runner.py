@@ -64,7 +64,7 @@ def run_step(
         if current is target and current.sharded and shard is not None:
             return current.run(ctx, shard)[0]  # type: ignore[call-arg]
         if not current.sharded and current.progress_count is not None:
-            progress(current.name, 0, None)
+            progress(current.name, 0, None)  # a sharded stage reports its own start
         ctx.results[current.name] = current.run(ctx)
         _report_finished(ctx, current.name)
     if step in ("prototypes", "substitute"):
@@ -75,12 +75,10 @@ def run_step(
 def _report_finished(ctx: RunContext, name: str) -> None:
     """Report ``name`` complete with its size (also when its manifests made it a cache hit)."""
     current = stage(name)
-    if current.sharded:
-        count = ctx.results["substitute"].row_counts["unique_formulas"]
-    elif current.progress_count is None:
+    if current.progress_count is None:
         return
-    else:
-        count = ctx.results[name].row_counts[current.progress_count]
+    manifests = ctx.results[name] if current.sharded else (ctx.results[name],)
+    count = sum(m.row_counts[current.progress_count] for m in manifests)
     ctx.progress(name, count, count)
 
 

@@ -252,8 +252,9 @@ def run_screen(
 
 @dataclass(frozen=True)
 class StoredParts:
-    """Finished parts of a stage kept in the store under ``prefix`` until the stage completes,
-    so that a killed stage resumes from them (stage 4's :class:`PartCheckpoint`)."""
+    """Finished parts of a stage, as tables kept in the store under ``prefix`` until the stage
+    completes, so that a killed stage resumes from them (stages 4 and 6; stage 4's
+    :class:`~htvs.structures.parallel.PartCheckpoint`)."""
 
     store: ArtifactStore
     prefix: str
@@ -261,21 +262,18 @@ class StoredParts:
     def _key(self, index: int) -> str:
         return f"{self.prefix}/{index:06d}.parquet"
 
-    def load(self, index: int):
-        from htvs.structures.parallel import part_from_table
-
+    def load(self, index: int) -> pa.Table | None:
+        """Part ``index``, or None when it is not kept or cannot be read (then it is recomputed)."""
         key = self._key(index)
         if not self.store.exists(key):
             return None
         try:
-            return part_from_table(self.store.get_table(key))
+            return self.store.get_table(key)
         except Exception:  # noqa: BLE001 - a damaged part is recomputed, never trusted
             return None
 
-    def save(self, index: int, part) -> None:
-        from htvs.structures.parallel import part_to_table
-
-        self.store.put_table(self._key(index), part_to_table(part))
+    def save(self, index: int, table: pa.Table) -> None:
+        self.store.put_table(self._key(index), table)
 
     def clear(self) -> None:
         for key in self.store.list(self.prefix + "/"):
@@ -366,16 +364,17 @@ def run_structures(
                 f"structures.max_structures is {section.max_structures} but {len(rows)} substitutions "
                 "survived screening; raise the limit or tighten the thresholds"
             )
+        parts = StoredParts(store, f"{prefix}/parts")
         table, errors, cpu = build_structures(
             read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume),
             DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol),
             workers=Settings.from_env().workers, progress=_relay(progress, "structures", len(rows)),
-            checkpoint=StoredParts(store, f"{prefix}/parts"),
+            checkpoint=parts,
         )
         table_key, errors_key = f"{prefix}/structures.parquet", f"{prefix}/errors.json"
         store.put_table(table_key, table)
         store.put_json(errors_key, errors)
-        StoredParts(store, f"{prefix}/parts").clear()
+        parts.clear()
         unique = table.num_rows - table.column("cif").null_count
         counts = {"structures": table.num_rows, "unique_structures": unique, "errors": len(errors)}
         timings = {"build": time.perf_counter() - start, "materialize_cpu": cpu["materialize"],
@@ -420,27 +419,22 @@ def run_conductivity(
 
     def step(store: ArtifactStore, prefix: str):
         start = time.perf_counter()
+        table = store.get_table(key)
         columns = ["id", "formula", "prototype_id", "duplicate_of", "cif"]
-        names = store.get_table(key).schema.names
-        columns += [c for c in ("lattice_matrix", "species", "frac_coords") if c in names]
-        table = store.get_table(key).select(columns).to_pandas()
+        columns += [c for c in ("lattice_matrix", "species", "frac_coords") if c in table.schema.names]
+        table = table.select(columns).to_pandas()
         unique = table[table["duplicate_of"].isna() & table["cif"].notna()].reset_index(drop=True)
         del table
-        parts = f"{prefix}/parts"
+        parts = StoredParts(store, f"{prefix}/parts")
         frames = []
         if progress is not None:
             progress("conductivity", 0, len(unique))
         for lo in range(0, len(unique), block):
-            part_key = f"{parts}/{lo // block:06d}.parquet"
-            frame = None
-            if store.exists(part_key):
-                try:
-                    frame = store.get_table(part_key).to_pandas()
-                except Exception:  # noqa: BLE001 - a damaged part is recomputed, never trusted
-                    frame = None
+            kept = parts.load(lo // block)
+            frame = kept.to_pandas() if kept is not None else None
             if frame is None or len(frame) != len(unique.iloc[lo: lo + block]):
                 frame = score(unique.iloc[lo: lo + block], lo, len(unique))
-                store.put_table(part_key, pa.Table.from_pandas(frame, preserve_index=False))
+                parts.save(lo // block, pa.Table.from_pandas(frame, preserve_index=False))
             frames.append(frame)
             if progress is not None:
                 progress("conductivity", min(lo + block, len(unique)), len(unique))
@@ -451,7 +445,7 @@ def run_conductivity(
         frame = frame.sort_values(["p_superionic", "log10_sigma_mean"], ascending=False, na_position="last")
         out = f"{prefix}/conductivity.parquet"
         store.put_table(out, pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False))
-        StoredParts(store, parts).clear()
+        parts.clear()
         counts = {"scored_structures": int(ok.sum()), "superionic_shortlist": int(frame["shortlisted"].sum()),
                   "errors": int(len(ok) - ok.sum())}
         return [out], counts, {"conductivity": time.perf_counter() - start}

@@ -50,11 +50,12 @@ COLUMNS = ("id", "formula", "prototype_id", "duplicate_of", "cif", "lattice_matr
 
 
 class PartCheckpoint(Protocol):
-    """Where finished parts are kept, so that a killed stage resumes without redoing them."""
+    """Where finished parts are kept as tables, so that a killed stage resumes without redoing
+    them (``load`` returns None for a part not kept, or one that cannot be read)."""
 
-    def load(self, index: int) -> PartResult | None: ...
+    def load(self, index: int) -> pa.Table | None: ...
 
-    def save(self, index: int, part: PartResult) -> None: ...
+    def save(self, index: int, table: pa.Table) -> None: ...
 
 
 _ARROW_TYPES = {
@@ -206,7 +207,7 @@ def build_structures(
     used = {str(p) for p in rows["prototype_id"].astype(str).unique()} if len(rows) else set()
     needed = {k: v for k, v in prototypes.items() if k in used}
     found = {k: checkpoint.load(k) for k in range(len(parts))} if checkpoint is not None else {}
-    finished: dict[int, PartResult] = {k: v for k, v in found.items() if v is not None}
+    finished: dict[int, PartResult] = {k: part_from_table(t) for k, t in found.items() if t is not None}
     tasks = {k: (positions, rows.iloc[positions], materialize_config, dedupe_config)
              for k, positions in enumerate(parts) if k not in finished}
     done = sum(part.n_rows for part in finished.values())
@@ -217,7 +218,7 @@ def build_structures(
         nonlocal done
         finished[k] = part
         if checkpoint is not None:
-            checkpoint.save(k, part)
+            checkpoint.save(k, part_to_table(part))
         done += part.n_rows
         if progress is not None:
             progress(done)
