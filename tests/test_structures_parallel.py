@@ -84,7 +84,7 @@ def test_relabelled_reduced_cell_matches_the_direct_one(prototypes, rows) -> Non
 
     built, _ = split_results(materialize(prototypes, rows.iloc[::5], MaterializeConfig(rescale_volume="ionic_radii")))
     matcher = DedupeConfig().matcher()
-    cached, direct = _Reducer(matcher, True, prototypes), _Reducer(matcher, True, None)
+    cached, direct = _Reducer(DedupeConfig(), prototypes), _Reducer(DedupeConfig(), None)
     for item in built:
         a, b = cached(item), direct(item)
         assert a.composition == b.composition and len(a) == len(b)

@@ -101,8 +101,12 @@ class DedupeConfig:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise InvalidInput(f"{name} must be a positive number, got {value!r}")
 
-    def matcher(self) -> StructureMatcher:
-        """The ``StructureMatcher`` these settings describe."""
+    def matcher(self, framework: bool = False) -> StructureMatcher:
+        """The ``StructureMatcher`` these settings describe (pymatgen's default species
+        comparator); ``framework``: species ignored (``FrameworkComparator``)."""
+        from pymatgen.analysis.structure_matcher import FrameworkComparator
+
+        extra = {"comparator": FrameworkComparator()} if framework else {}
         return StructureMatcher(
             ltol=self.ltol,
             stol=self.stol,
@@ -110,6 +114,7 @@ class DedupeConfig:
             primitive_cell=self.primitive_cell,
             scale=self.scale,
             attempt_supercell=self.attempt_supercell,
+            **extra,
         )
 
     @property
@@ -182,16 +187,19 @@ class PrototypeCache:
 class _Reducer:
     """The reduced cell ``fit`` would use, once per prototype where the item allows it."""
 
-    def __init__(self, matcher: StructureMatcher, primitive_cell: bool,
-                 prototypes: Mapping[str, Prototype] | None, cache: PrototypeCache | None = None) -> None:
-        self.matcher, self.primitive_cell, self.prototypes = matcher, primitive_cell, prototypes
+    def __init__(self, config: DedupeConfig, prototypes: Mapping[str, Prototype] | None,
+                 cache: PrototypeCache | None = None) -> None:
+        self.config, self.prototypes = config, prototypes
+        self.matcher = config.matcher()
+        self._framework_matcher: StructureMatcher | None = None
         cache = cache if cache is not None else PrototypeCache()
         self.cache = cache.reduced
         self.frameworks = cache.frameworks
+        self.relabelled: set[str] = set()  # ids of the items reduced through their prototype
 
     def _reduce(self, structure: Structure) -> Structure:
         return self.matcher._get_reduced_structure(  # noqa: SLF001 - the reduction fit uses
-            structure, self.primitive_cell, niggli=True
+            structure, self.config.primitive_cell, niggli=True
         )
 
     def __call__(self, item: DedupeItem) -> Structure:
@@ -199,6 +207,7 @@ class _Reducer:
         if mapping is None:
             return self._reduce(_item_structure(item))  # type: ignore[arg-type]
         assert isinstance(item, MaterializedStructure)
+        self.relabelled.add(item.id)
         base = self._base(item.prototype_id)
         cell = base.copy()
         cell.replace_species(mapping)
@@ -207,14 +216,15 @@ class _Reducer:
         return cell
 
     def frameworks_may_match(self, first: DedupeItem, second: DedupeItem) -> bool:
-        """False only when ``fit(first, second)`` must be False: both are one-to-one
-        substitutions of prototypes whose frameworks (species ignored) do not match.
+        """False only when ``fit(first, second)`` must be False: both were reduced through their
+        prototypes (one-to-one substitutions) and the prototypes' frameworks (species ignored)
+        do not match.
 
         A species-aware match is also a framework match, and a one-to-one substitution has its
         prototype's framework (same reduced cell up to a uniform scale, which ``scale=True``
         removes), so the prototypes' framework match (memoized per ordered pair) decides.
         """
-        if self._relabelling(first) is None or self._relabelling(second) is None:
+        if _item_id(first) not in self.relabelled or _item_id(second) not in self.relabelled:
             return True
         assert isinstance(first, MaterializedStructure) and isinstance(second, MaterializedStructure)
         pair = (first.prototype_id, second.prototype_id)
@@ -222,18 +232,11 @@ class _Reducer:
             return True
         known = self.frameworks.get(pair)
         if known is None:
-            from pymatgen.analysis.structure_matcher import FrameworkComparator
-
-            framework = StructureMatcher(
-                ltol=self.matcher.ltol, stol=self.matcher.stol, angle_tol=self.matcher.angle_tol,
-                primitive_cell=self.matcher._primitive_cell,  # noqa: SLF001 - same settings as fit's
-                scale=self.matcher._scale,  # noqa: SLF001
-                attempt_supercell=self.matcher._supercell,  # noqa: SLF001
-                comparator=FrameworkComparator(),
-            )
-            known = self.frameworks[pair] = bool(
-                framework.fit(self._base(pair[0]), self._base(pair[1]), skip_structure_reduction=True)
-            )
+            if self._framework_matcher is None:
+                self._framework_matcher = self.config.matcher(framework=True)
+            known = self.frameworks[pair] = bool(self._framework_matcher.fit(
+                self._base(pair[0]), self._base(pair[1]), skip_structure_reduction=True
+            ))
         return known
 
     def _base(self, prototype_id: str) -> Structure:
@@ -386,14 +389,14 @@ def deduplicate(
     """
     config = config or DedupeConfig()
     items = list(structures)
-    matcher = config.matcher()
     formula_groups, refused = _formula_groups(items)
     reps: set[int] = set()
     dup: dict[int, int] = {}
     n_comparisons = 0
     n_groups = 0
     reduce_s = match_s = 0.0
-    reducer = _Reducer(matcher, config.primitive_cell, prototypes, cache)
+    reducer = _Reducer(config, prototypes, cache)
+    matcher = reducer.matcher
     done = len(refused)
     for indices in formula_groups.values():
         if progress is not None:

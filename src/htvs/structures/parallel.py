@@ -58,6 +58,7 @@ class PartCheckpoint(Protocol):
     def save(self, index: int, table: pa.Table) -> None: ...
 
 
+#: Arrow types of the list columns (the others are strings).
 _ARROW_TYPES = {
     "lattice_matrix": pa.list_(pa.float64()),
     "species": pa.list_(pa.string()),
@@ -238,14 +239,8 @@ def build_structures(
     order = np.argsort(np.asarray(positions, dtype=np.int64), kind="stable")
     columns = {name: [value for r in results for value in r.columns[name]] for name in COLUMNS}
     table = pa.table({
-        "id": pa.array([columns["id"][i] for i in order], type=pa.string()),
-        "formula": pa.array([columns["formula"][i] for i in order], type=pa.string()),
-        "prototype_id": pa.array([columns["prototype_id"][i] for i in order], type=pa.string()),
-        "duplicate_of": pa.array([columns["duplicate_of"][i] for i in order], type=pa.string()),
-        "cif": pa.array([columns["cif"][i] for i in order], type=pa.string()),
-        "lattice_matrix": pa.array([columns["lattice_matrix"][i] for i in order], type=pa.list_(pa.float64())),
-        "species": pa.array([columns["species"][i] for i in order], type=pa.list_(pa.string())),
-        "frac_coords": pa.array([columns["frac_coords"][i] for i in order], type=pa.list_(pa.float64())),
+        name: pa.array([columns[name][i] for i in order], type=_ARROW_TYPES.get(name, pa.string()))
+        for name in COLUMNS
     })
     errors = [e for r in results for e in r.errors]
     timings = {"materialize": sum(r.materialize_s for r in results), "dedupe": sum(r.dedupe_s for r in results)}
