@@ -21,7 +21,7 @@ from htvs.errors import InvalidInput
 from htvs.prototypes.collect import Collector
 from htvs.prototypes.filters import PrototypeFilter
 from htvs.prototypes.readers import parse_cif
-from htvs.prototypes.records import PrototypeSet
+from htvs.prototypes.records import PrototypeSet, check_ids_known
 
 #: ``Prototype.source`` and the source name of this set.
 MP_2018_SOURCE = "mp-2018"
@@ -80,12 +80,7 @@ def select_records(records: Iterable, ids: tuple[str, ...] | None) -> list:
         return records
     wanted = set(ids)
     chosen = [r for r in records if r.material_id in wanted]
-    missing = sorted(wanted - {r.material_id for r in chosen})
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise InvalidInput(
-            f"{len(missing)} prototype id(s) are not in the {MP_2018_SOURCE} set: {shown}"
-        )
+    check_ids_known(wanted, (r.material_id for r in chosen), f"the {MP_2018_SOURCE} set")
     return chosen
 
 
@@ -105,9 +100,10 @@ def _load_snapshot(
     for done, record in enumerate(records):
         if progress is not None and done % 100 == 0:
             progress(done, len(records))
-        reason = prototype_filter.composition_reason(record.element_counts())
+        counts = record.element_counts()  # reject by formula_sum before parsing the CIF
+        reason = prototype_filter.composition_reason(counts)
         if reason is None:
-            reason = prototype_filter.size_reason(sum(record.element_counts().values()))
+            reason = prototype_filter.size_reason(sum(counts.values()))
         if reason is not None:
             collector.skip(record.material_id, reason)
             continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pymatgen.core import Structure
@@ -76,3 +76,17 @@ class PrototypeSet:
             ),
             skipped=self.skipped,
         )
+
+
+def check_ids_known(wanted: Iterable[str], known: Iterable[str], where: str) -> None:
+    """Raise InvalidInput naming (up to ten of) the ``wanted`` ids that are not ``known``.
+
+    Args:
+        where: how the message names the set, e.g. ``"the source"``.
+    """
+    from htvs.errors import InvalidInput
+
+    missing = sorted(set(wanted) - set(known))
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise InvalidInput(f"{len(missing)} prototype id(s) are not in {where}: {shown}")

@@ -34,7 +34,7 @@ from htvs.prototypes.readers import (
     structure_from_json,
     summarize_cif,
 )
-from htvs.prototypes.records import PrototypeSet
+from htvs.prototypes.records import PrototypeSet, check_ids_known
 
 logger = logging.getLogger(__name__)
 
@@ -291,10 +291,7 @@ class SelectedIds:
         loaded = self.inner.load()
         wanted = set(self.ids)
         known = {p.id for p in loaded.prototypes} | {s.name for s in loaded.skipped}
-        missing = sorted(wanted - known)
-        if missing:
-            shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            raise InvalidInput(f"{len(missing)} prototype id(s) are not in the source: {shown}")
+        check_ids_known(wanted, known, "the source")
         return PrototypeSet(
             prototypes=tuple(p for p in loaded.prototypes if p.id in wanted),
             skipped=tuple(s for s in loaded.skipped if s.name in wanted),
