@@ -151,7 +151,7 @@ class FacetModel:
         would have, as a model holding only those facets; None if that cannot be built cleanly.
 
         This is one step of the beneath-beyond convex-hull algorithm, and it replaces a new
-        ``PhaseDiagram`` (a qhull run, ~10 ms) with a few small array operations. The facets
+        ``PhaseDiagram`` (a qhull run, ~3 ms) with a few small array operations. The facets
         *visible* from the new point are those whose supporting hyperplane ``E = mu_f . x`` lies
         above it; the new hull replaces them with cones from the new point to the ridges on the
         boundary of the visible region (ridges shared with a non-visible facet or lying on the
@@ -174,11 +174,11 @@ class FacetModel:
                 ridge = tuple(vertices[:skip] + vertices[skip + 1:])
                 ridge_count[ridge] = ridge_count.get(ridge, 0) + 1
         horizon = [ridge for ridge, count in ridge_count.items() if count == 1]
+        if not horizon:
+            return None
         new_index = len(self.phase_names)
         fractions = np.vstack([self.phase_fractions, x[None, :]])
         energies = np.append(self.phase_energies, energy)
-        if not horizon:
-            return None
         cones = np.array([[*ridge, new_index] for ridge in horizon], dtype=np.intp)
         matrices = fractions[cones]  # (C, n, n)
         flat = np.abs(np.linalg.det(matrices)) < 1e-10  # the new point on a ridge's span
