@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from htvs.atomic import TEMP_PREFIX  # in-flight temporary files: keys may not use it, listings skip it
 from htvs.errors import DataNotFound, InvalidInput, StageFailed
 
 if TYPE_CHECKING:
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TEMP_PREFIX", "ArtifactStore", "validate_key", "validate_prefix"]
 
-#: File-name prefix of in-flight temporary files; keys may not use it and listings skip it.
-TEMP_PREFIX = ".htvs-tmp-"
 #: Parquet compression codec of ``put_table``.
 PARQUET_COMPRESSION = "zstd"
 

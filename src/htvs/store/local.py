@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from htvs.atomic import atomic_file
 from htvs.errors import DataNotFound, InvalidInput
 from htvs.store.base import (
     TEMP_PREFIX,
@@ -34,47 +34,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["LocalStore", "atomic_file"]
-
-_FILE_MODE = 0o644
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename in ``directory``; best effort (some platforms cannot open directories)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # e.g. file systems without directory fsync; the rename itself already happened
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Write a local file atomically: yields a temp file that replaces ``path`` on success.
-
-    The parent directory must exist. On an exception the temp file is removed and ``path`` is
-    left as it was.
-    """
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
-
 
 class LocalStore(ArtifactStore):
     """Artifact store in a local directory.

@@ -103,10 +103,10 @@ class _State:
 
 def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` (``.npz``) via a temporary file and an atomic rename."""
-    from htvs.atomic import atomic_path
+    from htvs.atomic import atomic_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_file(path) as handle:
         np.savez(handle, **arrays)
 
 
