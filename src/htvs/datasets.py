@@ -256,26 +256,18 @@ def mp_structures_path(data_dir: Path | str | None = None) -> Path:
     The file is training data, not part of the installed wheel.
 
     Raises:
-        DataNotFound: it is in none of these places (the message lists where it looked).
+        DataNotFound: it is not there (the message names the path).
     """
-    import os
+    from htvs.settings import Settings
 
-    candidates = []
-    if data_dir is not None:
-        candidates.append(Path(data_dir))
-    elif os.environ.get(DATA_DIR_ENV):
-        candidates.append(Path(os.environ[DATA_DIR_ENV]))
-    else:
-        candidates.append(Path(__file__).resolve().parents[2] / "data")
-    for folder in candidates:
-        path = folder / MP_ALL_STRUCTURES
-        if path.is_file():
-            return path
-    looked = ", ".join(str(folder / MP_ALL_STRUCTURES) for folder in candidates)
-    raise DataNotFound(
-        f"the full MP structure snapshot is not at {looked}; it ships in the repository's data/ folder "
-        f"(not in the wheel): run from a source checkout or set {DATA_DIR_ENV}"
-    )
+    folder = Path(data_dir) if data_dir is not None else Settings.from_env().data_dir
+    path = (folder or Path(__file__).resolve().parents[2] / "data") / MP_ALL_STRUCTURES
+    if not path.is_file():
+        raise DataNotFound(
+            f"the full MP structure snapshot is not at {path}; it ships in the repository's data/ folder "
+            f"(not in the wheel): run from a source checkout or set {DATA_DIR_ENV}"
+        )
+    return path
 
 
 def load_mp_structures(data_dir: Path | str | None = None) -> tuple[MPStructureRecord, ...]:

@@ -13,9 +13,13 @@ Variables (all optional):
 - ``HTVS_S3_SECURE``: use TLS (default true).
 - ``HTVS_S3_REGION``: bucket region (e.g. ``us-east-1``); unset lets the client ask the server.
 - ``HTVS_WORKERS``: processes a campaign stage may use on this machine (default: every core).
+- ``HTVS_DATA_DIR``: a folder holding ``mp_structures/mp_structures.jsonl.gz`` (training data
+  kept outside the wheel; default: the source checkout's ``data/``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +44,7 @@ class Settings(BaseSettings):
         s3_secure: Use HTTPS when ``s3_endpoint`` has no scheme.
         s3_region: Region of the bucket; ``None`` lets the client discover it.
         workers: processes a stage may use (materialize + dedupe); ``None``: one per core.
+        data_dir: folder of the training data kept outside the wheel; ``None``: the checkout's.
     """
 
     model_config = SettingsConfigDict(env_prefix="HTVS_", frozen=True, extra="ignore")
@@ -50,6 +55,7 @@ class Settings(BaseSettings):
     s3_secure: bool = True
     s3_region: str | None = None
     workers: int | None = Field(None, ge=1, le=1024)
+    data_dir: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
