@@ -19,6 +19,26 @@ from htvs.cli_output import (
 campaign_app = typer.Typer(help="Screening campaigns: the whole funnel, or one step (Argo).", no_args_is_help=True)
 
 _STORE_HELP = "Artifact store: a directory (default OUT/store) or s3://bucket/prefix (HTVS_S3_* env)."
+_SERVICES_HELP = (
+    "Run stages on the services that host them (htvs.v1.StageService) instead of in process: "
+    "'substitution=host:port,composition=host:port,...' or plain 'host:port,...' (each asked which "
+    "service it is). Stages of services not named run in process. The services must share the store."
+)
+
+
+def _stage_client(spec: str | None):
+    """The StageClient of ``--services`` (None without); says which stages run where."""
+    if not spec:
+        return None
+    from htvs.campaign.graph import STAGES
+    from htvs.campaign.remote import StageClient, parse_services
+
+    client = StageClient(parse_services(spec))
+    remote = [s.name for s in STAGES if client.hosts(s)]
+    local = [s.name for s in STAGES if not client.hosts(s)]
+    _stderr().print(f"through services: {', '.join(remote) or 'none'}; in process: {', '.join(local)}",
+                    highlight=False)
+    return client
 
 
 @campaign_app.command("run")
@@ -26,12 +46,7 @@ def campaign_run(
     config_path: Path = typer.Argument(..., help="Campaign YAML (see configs/demo.yaml)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: tables, funnel.json, candidates.csv."),
     store_url: str | None = typer.Option(None, "--store", help=_STORE_HELP),
-    services: str | None = typer.Option(
-        None,
-        "--services",
-        help="Call gRPC services instead of in-process functions: 'host:port,...' (matched by "
-        "health check) or 'substitution=host:port,composition=host:port'.",
-    ),
+    services: str | None = typer.Option(None, "--services", help=_SERVICES_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),
 ) -> None:
     """Run a whole campaign on this machine (the embedded default); a rerun resumes from the store."""
@@ -42,14 +57,14 @@ def campaign_run(
     with _clear_errors():
         Settings.from_env()  # a bad HTVS_* variable is refused before any work
         config = load_campaign(config_path)
-        backend = None
-        if services:
-            from htvs.campaign.remote import GrpcBackend, parse_services
-
-            backend = GrpcBackend(parse_services(services))
+        client = _stage_client(services)
         store = open_store(store_url or (out / "store"), create_bucket=True)
-        with _step_progress(not as_json) as progress:
-            funnel = run_campaign(config, store, out, backend=backend, progress=progress)
+        try:
+            with _step_progress(not as_json) as progress:
+                funnel = run_campaign(config, store, out, progress=progress, services=client)
+        finally:
+            if client is not None:
+                client.close()
     if as_json:
         _emit_json(funnel)
         return
@@ -82,8 +97,10 @@ def campaign_stage(
     config_path: Path = typer.Option(..., "--config", help="Campaign YAML."),
     store_url: str = typer.Option(..., "--store", help=_STORE_HELP),
     shard: int | None = typer.Option(None, help="predict only: the shard to run (Argo fan-out)."),
+    services: str | None = typer.Option(None, "--services", help=_SERVICES_HELP),
 ) -> None:
-    """Run one step of a campaign against a store (what each Argo step runs)."""
+    """Run one step of a campaign against a store (what each Argo step runs): in this process, or
+    with --services as a thin client of the service that hosts it."""
     from htvs.campaign import load_campaign, run_step
     from htvs.settings import Settings
     from htvs.store import StageManifest, open_store
@@ -91,9 +108,14 @@ def campaign_stage(
     with _clear_errors():
         Settings.from_env()  # a bad HTVS_* variable is refused before any work
         config = load_campaign(config_path)
-        with _step_progress(True) as progress:
-            result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard,
-                              progress=progress)
+        client = _stage_client(services)
+        try:
+            with _step_progress(True) as progress:
+                result = run_step(open_store(store_url, create_bucket=True), config, step, shard=shard,
+                                  progress=progress, services=client)
+        finally:
+            if client is not None:
+                client.close()
     if isinstance(result, StageManifest):
         _emit_json(json.loads(result.model_dump_json()))
     else:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
         s3_region: Region of the bucket; ``None`` lets the client discover it.
         workers: processes a stage may use (materialize + dedupe); ``None``: one per core.
         data_dir: folder of the training data kept outside the wheel; ``None``: the checkout's.
+        store: the store a service's campaign stages read and write (``htvs serve --store``):
+            a directory, ``file:///dir`` or ``s3://bucket/prefix``; ``None``: none.
     """
 
     model_config = SettingsConfigDict(env_prefix="HTVS_", frozen=True, extra="ignore")
@@ -56,6 +58,7 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     workers: int | None = Field(None, ge=1, le=1024)
     data_dir: Path | None = None
+    store: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -1,290 +1,149 @@
-"""``htvs campaign run --services``: the same DAG with the science done by the gRPC services.
+"""Campaign stages through the services: ``htvs campaign run --services`` and the Argo steps of
+``execution: services``.
 
-The store, the caching and the outputs are the runner's; only :class:`StageBackend` changes.
-Batches are split to respect the servers' row limits; screening is row-wise, so chunked
-Screen calls give the same table and funnel as one call.
-
-Limit: SubstitutionService returns every substitution inline, so a remote substitute step is
-bounded by the gRPC message size (64 MiB by default, about a million substitutions); passing
-tables by store key is the planned way past it.
+Each stage of :data:`htvs.campaign.graph.STAGES` whose service has an address runs on that
+service (``htvs.v1.StageService/RunStage``): the client sends the configuration, the store URL
+and the manifest keys of the stage's inputs; the service reads the inputs from the store, writes
+the outputs and their manifest, and streams progress and the result. The client then reads the
+manifest from the same store. Only keys travel over gRPC, never rows, so no message limit bounds
+a campaign. A call is retried with exponential backoff while the service is unavailable (a
+stage is content-addressed, so a repeated call finds the finished manifest and returns at once).
+Stages whose service has no address, and the report, run in process.
 """
 
 from __future__ import annotations
 
-import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
-import numpy as np
-import pandas as pd
 
-from htvs.errors import InvalidInput, StageFailed
+from htvs.campaign.graph import STAGES, RunContext, Stage
+from htvs.errors import DataNotFound, InvalidInput, ModelNotReady, StageFailed
+from htvs.store import StageManifest, manifest_key_of
 
-SERVICE_NAMES = {
-    "substitution": "htvs.v1.SubstitutionService",
-    "composition": "htvs.v1.CompositionService",
-    "conductivity": "htvs.v1.ConductivityService",
+#: The services of the stage graph.
+SERVICE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(s.service for s in STAGES if s.service))
+#: Status codes worth retrying: the service is restarting, overloaded or was cut off.
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
+_ERROR_OF = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: DataNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: ModelNotReady,
 }
-#: Services --services must name; stage 6 runs in process when no conductivity service is given.
-REQUIRED_SERVICES = ("substitution", "composition")
-#: Rows per Predict/Screen call (the servers' default limit is 10,000).
-DEFAULT_CHUNK_ROWS = 4096
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def _serving(channel: grpc.Channel, service: str, timeout_s: float) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def _list_stages(address: str, timeout_s: float):
+    from htvs.grpc.gen import stage_pb2, stage_pb2_grpc
 
-    stub = health_pb2_grpc.HealthStub(channel)
-    try:
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
-    except grpc.RpcError:
-        return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(address) as channel:
+        return stage_pb2_grpc.StageServiceStub(channel).ListStages(stage_pb2.ListStagesRequest(), timeout=timeout_s)
 
 
 def parse_services(spec: str, timeout_s: float = 5.0) -> dict[str, str]:
     """``"name=host:port,..."`` or ``"host:port,..."`` -> {service name: address}.
 
-    Plain addresses are matched to services through the standard health service. Raises
-    InvalidInput naming an address that is unreachable or a service that nothing serves.
+    A plain address is asked which service it is (``StageService/ListStages``). An empty spec
+    gives ``{}`` (every stage in process).
+
+    Raises:
+        InvalidInput: an unknown service name, or an address where no htvs service answers.
     """
     found: dict[str, str] = {}
     for item in (part.strip() for part in spec.split(",") if part.strip()):
         name, _, address = item.rpartition("=")
         if name:
             if name not in SERVICE_NAMES:
-                raise InvalidInput(f"--services: unknown service {name!r}; known: {sorted(SERVICE_NAMES)}")
+                raise InvalidInput(f"--services: unknown service {name!r}; known: {list(SERVICE_NAMES)}")
             found[name] = address
             continue
-        with grpc.insecure_channel(address) as channel:
-            serving = [n for n, full in SERVICE_NAMES.items() if _serving(channel, full, timeout_s)]
-        if not serving:
-            raise InvalidInput(f"--services: nothing serves htvs at {address!r} (health check failed)")
-        for name in serving:
-            found.setdefault(name, address)
-    missing = [n for n in REQUIRED_SERVICES if n not in found]
-    if missing:
-        raise InvalidInput(f"--services: no address serves {', '.join(missing)} (got {spec!r})")
+        try:
+            reply = _list_stages(address, timeout_s)
+        except grpc.RpcError as exc:
+            raise InvalidInput(f"--services: no htvs service answers at {address!r} ({exc.code().name})") from None
+        found.setdefault(reply.service, address)
     return found
 
 
-def _channel(address: str) -> grpc.Channel:
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    return grpc.insecure_channel(address, options=options)
-
-
-def _call(method, request, what: str, timeout_s: float):
-    try:
-        return method(request, timeout=timeout_s)
-    except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        detail = exc.details() if hasattr(exc, "details") else str(exc)
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise InvalidInput(f"{what}: {detail}") from None
-        raise StageFailed(f"{what} failed: {code.name if code else 'error'}: {detail}") from None
+def _error(stage: str, exc: grpc.RpcError) -> Exception:
+    code, detail = exc.code(), exc.details()
+    return _ERROR_OF.get(code, StageFailed)(f"stage {stage!r} on its service: {code.name}: {detail}")
 
 
 @dataclass
-class GrpcBackend:
-    """A :class:`~htvs.campaign.stages.StageBackend` calling SubstitutionService, CompositionService
-    and, when its address is given, ConductivityService (otherwise stage 6 runs in process)."""
+class StageClient:
+    """Runs stages on their services (see the module docstring).
+
+    Attributes:
+        addresses: service name -> ``host:port``.
+        retries: attempts after the first when the service is unavailable.
+        backoff_s: first wait between attempts, doubled each time.
+        shard_calls: shards of a sharded stage run at once (on one service or its replicas).
+    """
 
     addresses: dict[str, str]
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    timeout_s: float = 600.0
-    _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    retries: int = 5
+    backoff_s: float = 1.0
+    shard_calls: int = 4
+    _channels: dict[str, grpc.Channel] = field(default_factory=dict, repr=False)
 
-    _local: object | None = None
+    def hosts(self, stage: Stage) -> bool:
+        """Whether ``stage`` runs on a service (one with an address)."""
+        return stage.service is not None and stage.service in self.addresses
 
-    def _stub(self, name: str):
-        from htvs.grpc.gen import composition_pb2_grpc, conductivity_pb2_grpc, substitution_pb2_grpc
+    def run(self, stage: Stage, ctx: RunContext, shard: int | None = None) -> Any:
+        """Run ``stage`` (one shard, or all of a sharded stage) on its service; returns what its
+        in-process ``run`` would: a manifest, or a tuple of manifests for a sharded stage."""
+        from htvs.grpc.gen import stage_pb2 as pb
 
-        if name not in self._channels:
-            self._channels[name] = _channel(self.addresses[name])
-        stub_class = {
-            "substitution": substitution_pb2_grpc.SubstitutionServiceStub,
-            "composition": composition_pb2_grpc.CompositionServiceStub,
-            "conductivity": conductivity_pb2_grpc.ConductivityServiceStub,
-        }[name]
-        return stub_class(self._channels[name])
+        inputs = {}
+        for name in stage.needs:
+            done = ctx.results[name]
+            manifests = done if isinstance(done, tuple) else (done,)
+            inputs[name] = pb.ManifestKeys(keys=[manifest_key_of(m) for m in manifests])
+        base = dict(stage=stage.name, config_json=ctx.config.model_dump_json(), store_url=ctx.store.url, inputs=inputs)
+        if not stage.sharded:
+            return self._manifests(ctx, self._call(stage, pb.RunStageRequest(**base), ctx))[0]
+        shards = [shard] if shard is not None else list(range(ctx.config.composition.shards))
+        with ThreadPoolExecutor(max_workers=max(1, min(self.shard_calls, len(shards)))) as pool:
+            results = list(pool.map(lambda i: self._call(stage, pb.RunStageRequest(**base, shard=i), ctx), shards))
+        return tuple(m for result in results for m in self._manifests(ctx, result))
 
-    def conductivity(self, items: list[tuple[str, object]], config) -> list:
-        """Stage 6 through ConductivityService.Predict (in process when no address was given);
-        items are ``(id, CIF text or Structure)``, structures travel as CIF."""
-        from htvs.conductivity.predict import ConductivityError, ConductivityPrediction
+    def _call(self, stage: Stage, request, ctx: RunContext):
+        from htvs.grpc.gen import stage_pb2_grpc
 
-        if "conductivity" not in self.addresses:
-            from htvs.campaign.stages import InProcessBackend
+        stub = stage_pb2_grpc.StageServiceStub(self._channel(stage.service))
+        for attempt in range(self.retries + 1):
+            result = None
+            try:
+                for event in stub.RunStage(request, wait_for_ready=attempt > 0):
+                    if event.HasField("progress"):
+                        p = event.progress
+                        ctx.progress(p.step, p.done, p.total if p.HasField("total") else None)
+                    else:
+                        result = event.result
+            except grpc.RpcError as exc:
+                if exc.code() in RETRIED and attempt < self.retries:
+                    time.sleep(self.backoff_s * 2**attempt)
+                    continue
+                raise _error(stage.name, exc) from None
+            if result is None:
+                raise StageFailed(f"stage {stage.name!r}: the {stage.service} service ended the call without a result")
+            return result
+        raise StageFailed(f"stage {stage.name!r}: no attempt reached the {stage.service} service")  # not reached
 
-            self._local = self._local or InProcessBackend()
-            return self._local.conductivity(items, config)
-        from htvs.grpc.gen import conductivity_pb2 as pb
-        from htvs.grpc.gen import structure_pb2
+    @staticmethod
+    def _manifests(ctx: RunContext, result) -> list[StageManifest]:
+        return [StageManifest.model_validate(ctx.store.get_json(key)) for key in result.manifest_keys]
 
-        out: list = []
-        stub = self._stub("conductivity")
-        for start in range(0, len(items), self.chunk_rows):
-            chunk = items[start : start + self.chunk_rows]
-            request = pb.ConductivityPredictRequest(
-                structures=[structure_pb2.StructureData(id=i, cif=_cif_text(item)) for i, item in chunk],
-                max_atoms=config.conductivity.max_atoms,
-            )
-            reply = _call(stub.Predict, request, "ConductivityService.Predict", self.timeout_s)
-            for row in reply.rows:
-                if row.HasField("error"):
-                    out.append(ConductivityError(row.id, row.error.message or "error", row.no_lithium))
-                else:
-                    out.append(ConductivityPrediction(row.id, row.log10_sigma_mean, row.log10_sigma_std,
-                                                      row.p_superionic))
-        return out
+    def _channel(self, service: str) -> grpc.Channel:
+        if service not in self._channels:
+            self._channels[service] = grpc.insecure_channel(self.addresses[service])
+        return self._channels[service]
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
-
-    def substitute(self, patterns, config):
-        from htvs.grpc.gen import substitution_pb2 as pb
-        from htvs.substitution import SubstitutionResult
-
-        request = pb.SubstituteRequest(
-            prototypes=[
-                pb.SitePattern(
-                    prototype_id=p.prototype_id,
-                    species=[pb.SpeciesAmount(element=e, amount=int(a)) for e, a in p.species_amounts.items()],
-                )
-                for p in patterns
-            ],
-            config=pb.SubstitutionConfig(
-                element_pool=list(config.element_pool),
-                kept_element=config.kept_element,
-                rule={"one_required": 1, "all_distinct": 2}[config.rule.value],
-                **({"required_element": config.required_element} if config.required_element else {}),
-            ),
-            include_substitutions=True,
-        )
-        reply = _call(self._stub("substitution").Substitute, request, "SubstitutionService.Substitute", self.timeout_s)
-        ids = [p.prototype_id for p in patterns]
-        index_of_proto = {pid: i for i, pid in enumerate(ids)}
-        species = tuple(tuple(s for s in p.species_amounts if s != config.kept_element) for p in patterns)
-        pool_index = {s: i for i, s in enumerate(config.element_pool)}
-        formulas = [row.formula for row in reply.formulas]
-        formula_index = {f: i for i, f in enumerate(formulas)}
-        width = max((len(s) for s in species), default=1)
-        n = len(reply.substitutions)
-        prototype_index = np.empty(n, dtype=np.int32)
-        slot_elements = np.full((n, max(width, 1)), 255, dtype=np.uint8)
-        formula_rows = np.empty(n, dtype=np.int32)
-        for i, sub in enumerate(reply.substitutions):
-            p = index_of_proto[sub.prototype_id]
-            prototype_index[i] = p
-            slot_of = {s: j for j, s in enumerate(species[p])}
-            for replacement in sub.replacements:
-                slot_elements[i, slot_of[replacement.from_element]] = pool_index[replacement.to_element]
-            formula_rows[i] = formula_index[sub.formula]
-        return SubstitutionResult(
-            config=config,
-            prototype_ids=tuple(ids),
-            prototype_species=species,
-            prototype_index=prototype_index,
-            slot_elements=slot_elements,
-            formula_index=formula_rows,
-            formulas=formulas,
-            multiplicity=np.array([row.multiplicity for row in reply.formulas], dtype=np.int64),
-            chemsys=[row.chemsys for row in reply.formulas],
-            num_atoms=np.array([row.num_atoms for row in reply.formulas], dtype=np.int32),
-        )
-
-    def predict(self, formulas: list[str], config) -> pd.DataFrame:
-        from htvs.grpc.gen import composition_pb2 as pb
-
-        records = []
-        stub = self._stub("composition")
-        for start in range(0, len(formulas), self.chunk_rows):
-            chunk = formulas[start : start + self.chunk_rows]
-            reply = _call(stub.Predict, pb.PredictRequest(formulas=chunk), "CompositionService.Predict", self.timeout_s)
-            records.extend(_prediction_record(row) for row in reply.rows)
-        from htvs.screening import PREDICTION_COLUMNS
-
-        return pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
-
-    def screen(self, predictions: pd.DataFrame, config, progress=None):
-        from htvs.grpc.gen import composition_pb2 as pb
-        from htvs.screening import ScreenResult
-
-        thresholds = pb.ScreenThresholds(**config.screening.model_dump())
-        stub = self._stub("composition")
-        rows: list[dict] = []
-        funnel = {"formulas": 0, "predicted": 0, "e_form_and_hull": 0, "band_gap": 0, "oxidation_window": 0}
-        for start in range(0, len(predictions), self.chunk_rows):
-            chunk = predictions.iloc[start : start + self.chunk_rows]
-            request = pb.ScreenRequest(predictions=[_prediction_message(r) for r in chunk.itertuples(index=False)], thresholds=thresholds)
-            reply = _call(stub.Screen, request, "CompositionService.Screen", self.timeout_s)
-            rows.extend(_screen_record(row) for row in reply.rows)
-            for key in funnel:
-                funnel[key] += int(getattr(reply.funnel, key))
-        return ScreenResult(table=pd.DataFrame.from_records(rows), funnel=funnel)
-
-
-def _cif_text(item) -> str:
-    """CIF text of a ``Structure`` (P1), or ``item`` itself when it is already text."""
-    if isinstance(item, str):
-        return item
-    from pymatgen.io.cif import CifWriter
-
-    return str(CifWriter(item))
-
-
-def _opt(message, name: str) -> float:
-    return float(getattr(message, name)) if message.HasField(name) else math.nan
-
-
-def _prediction_record(row) -> tuple:
-    error = (row.error.message or "error") if row.HasField("error") else None
-    return (
-        row.formula,
-        _opt(row, "e_form_mean"),
-        _opt(row, "e_form_std"),
-        _opt(row, "band_gap_mean"),
-        _opt(row, "band_gap_std"),
-        error,
-    )
-
-
-def _prediction_message(row):
-    from htvs.grpc.gen import common_pb2
-    from htvs.grpc.gen import composition_pb2 as pb
-
-    if row.error is not None:
-        return pb.Prediction(formula=row.formula, error=common_pb2.RowError(value=row.formula, message=row.error))
-    return pb.Prediction(
-        formula=row.formula,
-        e_form_mean=row.e_form_mean,
-        e_form_std=row.e_form_std,
-        band_gap_mean=row.band_gap_mean,
-        band_gap_std=row.band_gap_std,
-    )
-
-
-def _screen_record(row) -> dict:
-    formula, ef, ef_std, gap, gap_std, error = _prediction_record(row.prediction)
-    return {
-        "formula": formula,
-        "e_form_mean": ef,
-        "e_form_std": ef_std,
-        "band_gap_mean": gap,
-        "band_gap_std": gap_std,
-        "error": error,
-        "e_above_hull": _opt(row, "e_above_hull_ev_per_atom"),
-        "phi_red": _opt(row, "phi_red_v"),
-        "phi_ox": _opt(row, "phi_ox_v"),
-        "screen_error": (row.error.message or "error") if row.HasField("error") else None,
-        "passed_e_form_and_hull": row.passed_e_form_and_hull,
-        "passed_band_gap": row.passed_band_gap,
-        "passed_oxidation_window": row.passed_oxidation_window,
-        "passed": row.passed,
-    }

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from htvs.atomic import write_bytes_atomic
 from htvs.campaign.config import CampaignConfig
 from htvs.campaign.graph import FUNNEL_ORDER, STAGES, STEP_NAMES, RunContext, output_key, stage, upstream
+from htvs.campaign.remote import StageClient
 from htvs.campaign.stages import InProcessBackend, StageBackend
 from htvs.store import ArtifactStore, StageManifest
 
@@ -51,21 +52,29 @@ def run_step(
     shard: int | None = None,
     backend: StageBackend | None = None,
     progress: Progress = _quiet,
+    services: StageClient | None = None,
 ) -> StageManifest | Results:
     """Run one step of the DAG; the steps it needs run first (cache hits when done).
 
     A sharded step (``predict``) with a ``shard`` runs that shard only (the Argo fan-out) and
     returns its manifest; without, all shards. The first two steps return their manifest, the
-    later ones the manifests of every step run (name -> manifest).
+    later ones the manifests of every step run (name -> manifest). With ``services``, every
+    stage whose service has an address runs there (:mod:`htvs.campaign.remote`); the others run
+    in process.
     """
     target = stage(step)
     ctx = RunContext(store, config, backend or InProcessBackend(), progress)
     for current in upstream(step):
-        if current is target and current.sharded and shard is not None:
-            return current.run(ctx, shard)[0]  # type: ignore[call-arg]
+        one_shard = shard if current is target and current.sharded else None
         if not current.sharded and current.progress_count is not None:
             progress(current.name, 0, None)  # a sharded stage reports its own start
-        ctx.results[current.name] = current.run(ctx)
+        if services is not None and services.hosts(current):
+            result = services.run(current, ctx, one_shard)
+        else:
+            result = current.run(ctx) if one_shard is None else current.run(ctx, one_shard)  # type: ignore[call-arg]
+        if one_shard is not None:
+            return result[0]
+        ctx.results[current.name] = result
         _report_finished(ctx, current.name)
     if step in ("prototypes", "substitute"):
         return ctx.results[step]
@@ -121,10 +130,11 @@ def run_campaign(
     out_dir: Path,
     backend: StageBackend | None = None,
     progress: Progress = _quiet,
+    services: StageClient | None = None,
 ) -> dict:
     """Run every step, then copy the final tables, ``funnel.json`` and ``candidates.csv`` to
     ``out_dir``. Returns the funnel."""
-    results = run_step(store, config, "report", backend=backend, progress=progress)
+    results = run_step(store, config, "report", backend=backend, progress=progress, services=services)
     assert isinstance(results, dict)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

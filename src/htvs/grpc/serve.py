@@ -110,6 +110,37 @@ def build_servicer(
     return CompositionServicer(ReferenceHull.bundled(), e_form, band_gap, **limits)
 
 
+def build_stage_servicer(
+    name: str,
+    servicer: Servicer,
+    store: str | None,
+    *,
+    e_form_models: Path | None = None,
+    band_gap_models: Path | None = None,
+    conductivity_models: Path | None = None,
+    **_: object,
+):
+    """The :class:`~htvs.grpc.stage_service.StageServicer` of service ``name``, sharing the models
+    ``servicer`` loaded; ``store`` is the server's store URL (None: RunStage is refused).
+
+    Raises:
+        InvalidInput: a malformed store URL. DataNotFound: a bucket or folder that is not there.
+    """
+    from htvs.campaign.stages import InProcessBackend
+    from htvs.grpc.stage_service import StageServicer
+    from htvs.store import open_store
+
+    backend, served = InProcessBackend(), {}
+    if name == "composition":
+        backend = InProcessBackend(_models=(servicer.e_form_model, servicer.band_gap_model), _hull=servicer.hull)
+        served = {"composition.e_form_models": e_form_models, "composition.band_gap_models": band_gap_models}
+    elif name == "conductivity":
+        backend = InProcessBackend(_conductivity=servicer.ensemble)
+        served = {"conductivity.models": conductivity_models}
+    root = open_store(store) if store else None
+    return StageServicer(name, root, backend, served)
+
+
 def serve(
     name: str,
     port: int,
@@ -120,6 +151,7 @@ def serve(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     grace_s: float = DEFAULT_GRACE_S,
     servicer: Servicer | None = None,
+    store: str | None = None,
     ready: Callable[[HtvsServer, int], None] | None = None,
     **resources,
 ) -> None:
@@ -134,6 +166,8 @@ def serve(
         max_message_bytes: largest request/response, bytes.
         grace_s: seconds calls in flight may finish after the signal.
         servicer: an already built servicer (default: :func:`build_servicer` with ``resources``).
+        store: URL of the store the campaign stages of this service read and write
+            (``htvs.v1.StageService``; None: ``HTVS_STORE``, and without it RunStage is refused).
         ready: called with ``(server, port)`` once serving (signal handlers are installed).
         resources: keyword arguments of :func:`build_servicer`.
 
@@ -143,9 +177,15 @@ def serve(
     check_service_name(name)
     if servicer is None:
         servicer = build_servicer(name, **resources)
+    if store is None:
+        from htvs.settings import Settings
+
+        store = Settings.from_env().store
+    stages = build_stage_servicer(name, servicer, store, **resources)
     server, bound = create_server(
         f"{host}:{port}",
         servicer,
+        stages,
         metrics_port=metrics_port,
         max_message_bytes=max_message_bytes,
         max_workers=max_workers,

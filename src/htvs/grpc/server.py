@@ -145,6 +145,16 @@ def status_of(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+def _status_for(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode:
+    """The status a call that raised ``exc`` ends with (for the metrics)."""
+    if isinstance(exc, HTVSError):
+        return status_of(exc) or grpc.StatusCode.INTERNAL
+    set_code = context.code()
+    if set_code is not None and set_code is not grpc.StatusCode.OK:
+        return set_code
+    return grpc.StatusCode.INTERNAL
+
+
 def _split_method(full_method: str) -> tuple[str, str]:
     """``"/htvs.v1.CompositionService/Predict"`` -> ``("CompositionService", "Predict")``."""
     service, _, method = full_method.lstrip("/").rpartition("/")
@@ -152,7 +162,8 @@ def _split_method(full_method: str) -> tuple[str, str]:
 
 
 class DomainErrorInterceptor(grpc.ServerInterceptor):
-    """Maps project errors to status codes and records metrics, for unary htvs.v1 methods.
+    """Maps project errors to status codes and records metrics, for the htvs.v1 methods (unary and
+    server-streaming; an error raised while a stream is produced ends it with its status).
 
     * :class:`~htvs.errors.InvalidInput` -> ``INVALID_ARGUMENT`` with the error's message (which
       names the offending value); ``DataNotFound`` -> ``NOT_FOUND``; ``ModelNotReady`` ->
@@ -172,14 +183,59 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(HTVS_METHOD_PREFIX):
             return handler
-        if handler.request_streaming or handler.response_streaming:
-            return handler  # no streaming htvs.v1 methods yet; wrap them here when there are
+        if handler.request_streaming:
+            return handler  # no client-streaming htvs.v1 methods
         service, name = _split_method(method)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, service, name),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return grpc.unary_unary_rpc_method_handler(
             self._wrap(handler.unary_unary, service, name),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _wrap_stream(self, behavior: Callable[[Any, grpc.ServicerContext], Any], service: str, method: str):
+        """The same for a server-streaming method: an error raised while iterating is mapped too."""
+        metrics = self._metrics
+
+        def intercepted(request: Any, context: grpc.ServicerContext) -> Any:
+            code = grpc.StatusCode.OK
+            in_flight = metrics.in_flight.labels(service)
+            in_flight.inc()
+            start = time.perf_counter()
+            try:
+                yield from behavior(request, context)
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status, as in _wrap
+                code = _status_for(exc, context)
+                self._abort(exc, context, service, method)
+            finally:
+                metrics.latency.labels(service, method).observe(time.perf_counter() - start)
+                metrics.requests.labels(service, method, code.name).inc()
+                in_flight.dec()
+
+        return intercepted
+
+    @staticmethod
+    def _abort(exc: Exception, context: grpc.ServicerContext, service: str, method: str) -> None:
+        """Abort the call with the status of ``exc`` (see the class docstring); it always raises.
+
+        A status the servicer set itself (``context.abort``) is kept: its exception is re-raised.
+        """
+        if isinstance(exc, HTVSError):
+            code = status_of(exc) or grpc.StatusCode.INTERNAL
+            if code is grpc.StatusCode.INTERNAL:
+                logger.error("%s/%s failed: %s", service, method, exc, exc_info=exc)
+            context.abort(code, str(exc))
+        set_code = context.code()
+        if set_code is not None and set_code is not grpc.StatusCode.OK:
+            raise exc
+        ref = uuid.uuid4().hex[:12]
+        logger.error("%s/%s: unexpected error (ref %s)", service, method, ref, exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {service}/{method} (ref {ref}); see the server log")
 
     def _wrap(self, behavior: Callable[[Any, grpc.ServicerContext], Any], service: str, method: str):
         metrics = self._metrics
@@ -193,20 +249,9 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
             start = time.perf_counter()
             try:
                 return behavior(request, context)
-            except HTVSError as exc:
-                code = status_of(exc) or grpc.StatusCode.INTERNAL
-                if code is grpc.StatusCode.INTERNAL:
-                    logger.error("%s/%s failed: %s", service, method, exc, exc_info=True)
-                context.abort(code, str(exc))
-            except Exception as exc:
-                set_code = context.code()
-                if set_code is not None and set_code is not grpc.StatusCode.OK:
-                    code = set_code  # the servicer aborted with its own status
-                    raise
-                code = grpc.StatusCode.INTERNAL
-                ref = uuid.uuid4().hex[:12]
-                logger.error("%s/%s: unexpected error (ref %s)", service, method, ref, exc_info=exc)
-                context.abort(code, f"internal error in {service}/{method} (ref {ref}); see the server log")
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status
+                code = _status_for(exc, context)
+                self._abort(exc, context, service, method)
             finally:
                 metrics.latency.labels(service, method).observe(time.perf_counter() - start)
                 metrics.requests.labels(service, method, code.name).inc()

@@ -22,6 +22,7 @@ from htvs.store.manifest import (
     StageManifest,
     code_version,
     manifest_key,
+    manifest_key_of,
     read_manifest,
     run_cached,
     write_manifest,
@@ -41,7 +42,9 @@ __all__ = [
     "config_hash",
     "content_hash",
     "manifest_key",
+    "manifest_key_of",
     "open_store",
+    "store_within",
     "read_manifest",
     "run_cached",
     "stage_key",
@@ -100,3 +103,33 @@ def open_store(
             raise InvalidInput(f"S3 store URL {text!r} has an invalid prefix: {e}") from e
         return S3Store(parts.netloc, prefix, settings=settings, create_bucket=create_bucket)
     raise InvalidInput(f"unsupported store URL {text!r}: use a path, file:///path or s3://bucket")
+
+
+def store_within(root: ArtifactStore, url: str) -> ArtifactStore:
+    """The store at ``url`` when it is ``root`` or a prefix below it; ``""`` means ``root``.
+
+    What a server uses to open a store a request names: nothing outside its own store can be read
+    or written, whatever the URL says (``..`` segments, other buckets, other directories), and the
+    credentials are always the server's.
+
+    Raises:
+        InvalidInput: ``url`` is outside ``root`` (the message names both).
+    """
+    if not isinstance(url, str):
+        raise InvalidInput(f"store URL must be a string, got {type(url).__qualname__}")
+    text = url.strip()
+    if not text or text.rstrip("/") == root.url:
+        return root
+    if "://" not in text:  # a local path: compare where it really is
+        text = Path(text).expanduser().resolve().as_uri()
+        if text == root.url:
+            return root
+    base = root.url.rstrip("/") + "/"
+    if not text.startswith(base):
+        raise InvalidInput(f"store {url!r} is outside this server's store {root.url!r}")
+    sub = unquote(text[len(base):]).strip("/")
+    try:
+        validate_key(sub)
+    except InvalidInput as exc:
+        raise InvalidInput(f"store {url!r}: the part below {root.url!r} is not a valid prefix: {exc}") from None
+    return root.below(sub)

@@ -125,6 +125,10 @@ class ArtifactStore(abc.ABC):
         """Remove the object at ``key``; deleting a missing object is not an error."""
 
     @abc.abstractmethod
+    @abc.abstractmethod
+    def below(self, prefix: str) -> ArtifactStore:
+        """The store of the keys under ``prefix`` (a valid key) of this one, same credentials."""
+
     def get_file(self, key: str, path: str | os.PathLike[str]) -> Path:
         """Copy the object at ``key`` to the local ``path`` (atomically); return the path."""
 

@@ -58,6 +58,9 @@ class LocalStore(ArtifactStore):
     def url(self) -> str:
         return self.root.as_uri()
 
+    def below(self, prefix: str) -> LocalStore:
+        return LocalStore(self._path(prefix))
+
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 

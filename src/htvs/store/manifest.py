@@ -110,6 +110,12 @@ def manifest_key(stage_prefix: str) -> str:
     return validate_key(f"{stage_prefix.rstrip('/')}/{MANIFEST_NAME}")
 
 
+def manifest_key_of(manifest: StageManifest) -> str:
+    """The store key of ``manifest``, from what it records (the prefix :func:`run_cached` chose)."""
+    run = _run_key(manifest.stage, manifest.config_hash, tuple(manifest.input_keys), dict(manifest.model_versions))
+    return manifest_key(stage_key(manifest.stage, run))
+
+
 def write_manifest(store: ArtifactStore, stage_prefix: str, manifest: StageManifest) -> str:
     """Write ``manifest`` under ``stage_prefix``; call it only after every output is written.
 

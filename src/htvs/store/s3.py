@@ -139,6 +139,10 @@ class S3Store(ArtifactStore):
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
+    def below(self, prefix: str) -> S3Store:
+        sub = validate_key(prefix.strip("/"))
+        return S3Store(self.bucket, f"{self.prefix}/{sub}" if self.prefix else sub, client=self._client)
+
     @property
     def client(self) -> Minio:
         """The underlying ``minio.Minio`` client."""
