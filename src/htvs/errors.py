@@ -1,10 +1,16 @@
-"""The project's error hierarchy.
+"""The project's error hierarchy, and the one per-row error record of batch stages.
 
 Every message names the offending value so that a person can act on it. The gRPC interceptor
 maps these classes to status codes (``InvalidInput`` -> ``INVALID_ARGUMENT`` and so on).
+
+A batch stage does not raise for one bad row: it returns a :class:`RowError` in that row's place
+and computes the others. Every stage uses this one record, which has the fields of the gRPC
+``htvs.v1.RowError`` message.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class HTVSError(Exception):
@@ -25,6 +31,33 @@ class ModelNotReady(HTVSError):
 
 class StageFailed(HTVSError):
     """A stage failed for a reason that is not the caller's input."""
+
+
+#: :attr:`RowError.kind` of a structure that was not predicted because it holds no Li.
+NO_LITHIUM = "NoLithium"
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A batch row that could not be computed; the other rows of the batch are unaffected.
+
+    Attributes:
+        index: position of the row in the stage's input (0-based).
+        value: the offending input as given, or the row's id (a formula, a structure id...).
+        message: what is wrong, naming the offending value.
+        kind: class of the error, e.g. ``"InvalidInput"``, or a label such as
+            :data:`NO_LITHIUM`; empty when the stage does not report one.
+    """
+
+    index: int
+    value: str
+    message: str
+    kind: str = ""
+
+    @classmethod
+    def of(cls, index: int, value: object, exc: BaseException) -> RowError:
+        """The record of row ``index`` that raised ``exc`` (``kind`` is the exception's class name)."""
+        return cls(index=index, value=str(value), message=str(exc), kind=type(exc).__name__)
 
 
 def finite_number(name: str, value: object) -> float:
