@@ -203,6 +203,9 @@ def test_hull_and_window_match_the_stage(composition, hull) -> None:
     assert [r.HasField("error") for r in response.rows] == [False, True, True, True]
     assert "Xx" in response.rows[1].error.message
     assert "nan" in response.rows[3].error.message and response.rows[3].error.index == 3
+    for row, stage in zip(response.rows[1:], expected[1:]):  # the stage's record, field for field
+        assert (row.error.index, row.error.value, row.error.message, row.error.kind) == (
+            stage.index, stage.value, stage.message, stage.kind)
 
     rows = [cpb.WindowQuery(formula="Li3PS4"), cpb.WindowQuery(formula="P2S5"), cpb.WindowQuery(formula="LiF", e_form_ev_per_atom=-3.2)]
     windows = stub.Window(cpb.WindowRequest(rows=rows), timeout=10).rows
@@ -212,6 +215,15 @@ def test_hull_and_window_match_the_stage(composition, hull) -> None:
     assert list(windows[0].oxidation_products) == list(want[0].oxidation_products)
     assert windows[1].HasField("error") and "P2S5" in windows[1].error.value
     assert windows[2].phi_red_v == pytest.approx(want[2].phi_red_v)
+
+
+def test_the_row_error_record_has_the_fields_of_the_message() -> None:
+    from dataclasses import fields
+
+    from htvs.errors import RowError
+    from htvs.grpc.gen import common_pb2
+
+    assert [f.name for f in fields(RowError)] == list(common_pb2.RowError.DESCRIPTOR.fields_by_name)
 
 
 # --------------------------------------------------------------------------- bad input

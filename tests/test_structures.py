@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition, Structure
 
-from htvs.errors import InvalidInput
+from htvs.errors import InvalidInput, RowError
 from htvs.structures import (
     DedupeConfig,
     MaterializeConfig,
     MaterializedStructure,
-    MaterializeError,
     VolumeRescaling,
     deduplicate,
     deduplicate_all_pairs,
@@ -134,7 +133,7 @@ def test_formula_column_is_checked(prototypes):
     table["formula"] = ["LiMgSO4", "LiMgPO4"]
     good, bad = materialize(prototypes, table)
     assert isinstance(good, MaterializedStructure)
-    assert isinstance(bad, MaterializeError) and "'LiMgPO4'" in bad.error
+    assert isinstance(bad, RowError) and "'LiMgPO4'" in bad.message
 
 
 def test_bad_rows_are_reported_per_row_and_the_rest_is_materialized(prototypes):
@@ -147,14 +146,14 @@ def test_bad_rows_are_reported_per_row_and_the_rest_is_materialized(prototypes):
     )
     results = materialize(prototypes, table)
     assert [type(r).__name__ for r in results] == [
-        "MaterializedStructure", "MaterializeError", "MaterializeError", "MaterializeError",
+        "MaterializedStructure", "RowError", "RowError", "RowError",
         "MaterializedStructure",
     ]  # fmt: skip
-    errors = {r.index: r for r in results if isinstance(r, MaterializeError)}
-    assert "'mp-404'" in errors[1].error and errors[1].kind == "InvalidInput"
-    assert "'Zn'" in errors[2].error and "LiFePO4" in errors[2].error
-    assert "'Xx'" in errors[3].error
-    assert errors[3].id == "LiFePO4|Fe:Xx,P:S,O:O"
+    errors = {r.index: r for r in results if isinstance(r, RowError)}
+    assert "'mp-404'" in errors[1].message and errors[1].kind == "InvalidInput"
+    assert "'Zn'" in errors[2].message and "LiFePO4" in errors[2].message
+    assert "'Xx'" in errors[3].message
+    assert errors[3].value == "LiFePO4|Fe:Xx,P:S,O:O"
     structures, errs = split_results(results)
     assert [s.formula for s in structures] == ["LiMgSO4", "LiMgSO4"]
     assert len(errs) == 3
@@ -254,14 +253,14 @@ def test_disordered_and_broken_items_are_refused_per_item(limgso4_set):
         ("not-a-structure", "LiFePO4"),
     ]
     result = deduplicate(items)
-    refused = {r.id: r for r in result.refused}
+    refused = {r.value: r for r in result.refused}
     assert set(refused) == {"Li7BiO6", "nan", limgso4_set[1][0], "not-a-structure"}
-    assert "disordered" in refused["Li7BiO6"].error
+    assert "disordered" in refused["Li7BiO6"].message
     assert refused["Li7BiO6"].index == 3
-    assert "non-finite" in refused["nan"].error
+    assert "non-finite" in refused["nan"].message
     again = refused[limgso4_set[1][0]]
-    assert "duplicate id" in again.error and again.index == 5
-    assert "not a pymatgen Structure" in refused["not-a-structure"].error
+    assert "duplicate id" in again.message and again.index == 5
+    assert "not a pymatgen Structure" in refused["not-a-structure"].message
     assert result.duplicate_of == {"copy:shuffled": "LiFePO4|Fe:Mg,P:S,O:O"}
     assert result.counts()["in"] == 7 and result.n_out == 2
 

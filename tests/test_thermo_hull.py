@@ -14,7 +14,8 @@ from pymatgen.analysis.phase_diagram import PDEntry
 from pymatgen.core import Composition
 
 from htvs.errors import InvalidInput
-from htvs.thermo import HullResult, ReferenceHull, RowError, e_above_hull, e_above_hull_many
+from htvs.errors import RowError
+from htvs.thermo import HullResult, ReferenceHull, e_above_hull, e_above_hull_many
 
 _SYMBOL = re.compile(r"[A-Z][a-z]?")
 
@@ -160,7 +161,7 @@ def test_batch_returns_row_errors_and_continues(mp_hull):
     formulas = ["Li2O", "", "LiFr", "Li3PS4", "Li3PS4"]
     results = e_above_hull_many(mp_hull, formulas, [-2.0, -1.0, -1.0, math.nan, -1.2])
     assert isinstance(results[0], HullResult)
-    assert isinstance(results[3], RowError) and results[3].index == 3 and "nan" in results[3].error
+    assert isinstance(results[3], RowError) and results[3].index == 3 and "nan" in results[3].message
     assert [type(r).__name__ for r in results] == [
         "HullResult",
         "RowError",
@@ -168,7 +169,7 @@ def test_batch_returns_row_errors_and_continues(mp_hull):
         "RowError",
         "HullResult",
     ]
-    assert results[1].kind == "InvalidInput" and results[2].formula == "LiFr"
+    assert results[1].kind == "InvalidInput" and results[2].value == "LiFr"
 
 
 def test_batch_length_mismatch(mp_hull):

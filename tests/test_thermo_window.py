@@ -11,10 +11,9 @@ import pytest
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element
 
-from htvs.errors import InvalidInput
+from htvs.errors import InvalidInput, RowError
 from htvs.thermo import (
     ReferenceHull,
-    RowError,
     WindowResult,
     e_above_hull,
     electrochemical_window,
@@ -220,7 +219,7 @@ def test_batch_returns_row_errors_and_continues(mp_hull):
     assert kinds == ["RowError", "WindowResult", "RowError", "RowError", "RowError", "WindowResult"]
     errors = [r for r in results if isinstance(r, RowError)]
     assert [e.index for e in errors] == [0, 2, 3, 4]
-    assert all(e.kind == "InvalidInput" and e.error for e in errors)
+    assert all(e.kind == "InvalidInput" and e.message for e in errors)
     with pytest.raises(InvalidInput, match="2 formulas but 1"):
         electrochemical_windows(mp_hull, ["Li2O", "Li2S"], [None])
 

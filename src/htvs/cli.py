@@ -163,11 +163,11 @@ def substitute(
 
 def _report_row_errors(rows: list[Any], as_json: bool) -> bool:
     """Print per-row errors on stderr; return True when any row failed."""
-    from htvs.thermo import RowError
+    from htvs.errors import RowError
 
     failed = [r for r in rows if isinstance(r, RowError)]
     for row in failed:
-        _stderr().print(f"[bold red]error:[/] {row.error}", highlight=False)
+        _stderr().print(f"[bold red]error:[/] {row.message}", highlight=False)
     return bool(failed)
 
 
@@ -198,7 +198,7 @@ def window(
     for text, row in zip(formulas, rows):
         if not isinstance(row, WindowResult):
             if as_json:
-                _emit_json({"formula": text, "error": row.error})
+                _emit_json({"formula": text, "error": row.message})
             continue
         payload = {
             "formula": row.formula,
@@ -474,7 +474,7 @@ def structures_dedupe(
             refused.append({"id": path.stem, "error": f"{path}: {exc}"})
     with _clear_errors():
         result = deduplicate(items)
-    refused += [{"id": r.id, "error": r.error} for r in result.refused]
+    refused += [{"id": r.value, "error": r.message} for r in result.refused]
     counts = {**result.counts(), "in": len(files), "refused": len(refused)}
     payload = {"unique": result.unique_ids, "duplicate_of": result.duplicate_of, "refused": refused, "counts": counts}
     if as_json:

@@ -91,7 +91,7 @@ def screen_compositions(
         if isinstance(row, HullResult):
             e_hull[i] = row.e_above_hull_ev_per_atom
         else:
-            table.at[i, "screen_error"] = row.error
+            table.at[i, "screen_error"] = row.message
     table["e_above_hull"] = e_hull
     if progress:
         progress("hull", candidates.size, candidates.size)
@@ -113,7 +113,7 @@ def screen_compositions(
         if isinstance(row, WindowResult):
             phi_red[i], phi_ox[i] = row.phi_red_v, row.phi_ox_v
         else:
-            table.at[i, "screen_error"] = row.error
+            table.at[i, "screen_error"] = row.message
     table["phi_red"] = phi_red
     table["phi_ox"] = phi_ox
     if progress:

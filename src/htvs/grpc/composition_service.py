@@ -17,6 +17,7 @@ The reference hull and the ONNX ensembles are loaded once by the caller and pass
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import grpc
 import pandas as pd
@@ -28,7 +29,7 @@ from htvs.grpc.gen import composition_pb2 as pb
 from htvs.grpc.gen import composition_pb2_grpc as pb_grpc
 from htvs.grpc.server import check_batch, report_rows
 from htvs.screening import PREDICTION_COLUMNS, CompositionScreenConfig, screen_compositions
-from htvs.thermo import HullResult, ReferenceHull, RowError, WindowResult, e_above_hull_many, electrochemical_windows
+from htvs.thermo import HullResult, ReferenceHull, WindowResult, e_above_hull_many, electrochemical_windows
 
 #: Default largest batch (rows) of one request.
 DEFAULT_MAX_BATCH_ROWS = 10_000
@@ -38,10 +39,6 @@ _THRESHOLDS = (
     "min_band_gap_ev",
     "min_phi_ox_v",
 )
-
-
-def _row_error(error: RowError) -> common_pb2.RowError:
-    return common_pb2.RowError(index=error.index, value=error.formula, message=error.error, kind=error.kind)
 
 
 def _prediction(row) -> pb.Prediction:
@@ -215,7 +212,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
                 )
             else:
                 n_errors += 1
-                response.rows.add(formula=query.formula, error=_row_error(result))
+                response.rows.add(formula=query.formula, error=common_pb2.RowError(**asdict(result)))
         report_rows(len(results), n_errors)
         return response
 
@@ -239,7 +236,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
                 )
             else:
                 n_errors += 1
-                response.rows.add(formula=query.formula, error=_row_error(result))
+                response.rows.add(formula=query.formula, error=common_pb2.RowError(**asdict(result)))
         report_rows(len(results), n_errors)
         return response
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
 import grpc
 import pandas as pd
 from pymatgen.core import Structure
 
-from htvs.errors import DataNotFound, HTVSError, InvalidInput
+from htvs.errors import DataNotFound, HTVSError, InvalidInput, RowError
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import structure_pb2 as pb
 from htvs.grpc.gen import structure_pb2_grpc as pb_grpc
@@ -39,7 +40,6 @@ from htvs.structures import (
     DedupeConfig,
     MaterializeConfig,
     MaterializedStructure,
-    MaterializeError,
     VolumeRescaling,
     deduplicate,
     materialize,
@@ -254,13 +254,13 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
         response = pb.MaterializeResponse()
         n_errors = 0
         for index, (given, result) in enumerate(zip(request.substitutions, results, strict=True)):
-            if isinstance(result, MaterializeError):
+            if isinstance(result, RowError):
                 n_errors += 1
                 response.rows.add(
-                    id=result.id,
-                    prototype_id=result.prototype_id,
+                    id=result.value,
+                    prototype_id=given.prototype_id,
                     replacements=given.replacements,
-                    error=_row_error(index, result.id, result.error, result.kind),
+                    error=common_pb2.RowError(**asdict(result)),
                 )
                 continue
             assert isinstance(result, MaterializedStructure)
@@ -300,7 +300,8 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
         result = deduplicate(items, config)
         for item in result.refused:
             index = origin[item.index]
-            refused.append(_row_error(index, item.id, f"structures[{index}] ({item.id!r}): {item.error}"))
+            refused.append(_row_error(index, item.value, f"structures[{index}] ({item.value!r}): {item.message}",
+                                      item.kind))
         refused.sort(key=lambda e: e.index)
         first_index: dict[str, int] = {}
         for (item_id, _), index in zip(items, origin, strict=True):

@@ -23,8 +23,6 @@ from htvs.structures.materialize import (
 )
 from htvs.structures.records import (
     MaterializedStructure,
-    MaterializeError,
-    RefusedStructure,
     substitution_id,
 )
 
@@ -33,9 +31,7 @@ __all__ = [
     "DedupeItem",
     "DedupeResult",
     "MaterializeConfig",
-    "MaterializeError",
     "MaterializedStructure",
-    "RefusedStructure",
     "VolumeRescaling",
     "deduplicate",
     "deduplicate_all_pairs",

@@ -54,10 +54,10 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import IStructure, Structure
 
-from htvs.errors import InvalidInput
+from htvs.errors import InvalidInput, RowError
 from htvs.prototypes.filters import disorder_reason
 from htvs.prototypes.records import Prototype
-from htvs.structures.records import MaterializedStructure, RefusedStructure
+from htvs.structures.records import MaterializedStructure
 
 #: What :func:`deduplicate` accepts: a materialized structure or an ``(id, structure)`` pair.
 DedupeItem = Union[MaterializedStructure, tuple[str, Structure]]
@@ -129,7 +129,8 @@ class DedupeResult:
     Attributes:
         unique: one representative per distinct structure, in input order (the items given).
         duplicate_of: id of each removed structure -> id of its representative.
-        refused: structures not compared (disordered, empty, non-finite, duplicate id).
+        refused: structures not compared (disordered, empty, non-finite, duplicate id), as
+            :class:`~htvs.errors.RowError` (``index``: position in the input, ``value``: the id).
         n_in: structures given (refused ones included).
         n_comparisons: ``StructureMatcher.fit`` calls made.
         n_groups: comparison groups (formula and, if used, keys) with at least one structure.
@@ -138,7 +139,7 @@ class DedupeResult:
 
     unique: tuple[DedupeItem, ...]
     duplicate_of: dict[str, str]
-    refused: tuple[RefusedStructure, ...]
+    refused: tuple[RowError, ...]
     n_in: int
     n_comparisons: int
     n_groups: int
@@ -288,10 +289,10 @@ def _refusal(structure: object) -> str | None:
 
 def _formula_groups(
     items: Sequence[DedupeItem],
-) -> tuple[dict[str, list[int]], list[RefusedStructure]]:
+) -> tuple[dict[str, list[int]], list[RowError]]:
     """Indices of the valid items by reduced formula (input order), and the refused items."""
     groups: dict[str, list[int]] = {}
-    refused: list[RefusedStructure] = []
+    refused: list[RowError] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         try:
@@ -299,13 +300,13 @@ def _formula_groups(
             structure = _item_structure(item)
         except (TypeError, IndexError, AttributeError):
             reason = f"not an (id, structure) pair: {item!r:.80}"
-            refused.append(RefusedStructure(index, "", reason))
+            refused.append(RowError(index, "", reason, "InvalidInput"))
             continue
         reason = _refusal(structure)
         if reason is None and item_id in seen:
             reason = f"duplicate id {item_id!r}"
         if reason is not None:
-            refused.append(RefusedStructure(index, str(item_id), reason))
+            refused.append(RowError(index, str(item_id), reason, "InvalidInput"))
             continue
         seen.add(item_id)
         formula = structure.composition.reduced_formula  # type: ignore[union-attr]
@@ -349,7 +350,7 @@ def _result(
     items: Sequence[DedupeItem],
     reps: set[int],
     dup: dict[int, int],
-    refused: list[RefusedStructure],
+    refused: list[RowError],
     n_comparisons: int,
     n_groups: int,
     timings: dict[str, float],
@@ -414,7 +415,7 @@ def deduplicate(
                 cell = reducer(items[i])
             except Exception as e:  # noqa: BLE001 - pymatgen raises ValueError, LinAlgError, ...
                 reason = f"cell reduction failed: {type(e).__name__}: {e}"
-                refused.append(RefusedStructure(i, _item_id(items[i]), reason))
+                refused.append(RowError(i, _item_id(items[i]), reason, "InvalidInput"))
                 continue
             reduced[i] = cell
             key: tuple[int, ...] = ()

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Element, Lattice, Structure
 
-from htvs.errors import HTVSError, InvalidInput
+from htvs.errors import HTVSError, InvalidInput, RowError
 from htvs.prototypes.records import Prototype
 from htvs.structures.radii import site_charges, volume_ratio
-from htvs.structures.records import MaterializedStructure, MaterializeError, substitution_id
+from htvs.structures.records import MaterializedStructure, substitution_id
 
 _PAIR_COLUMN = re.compile(r"^from_(\d+)$")
 
@@ -190,7 +190,7 @@ def materialize(
     substitutions: pd.DataFrame,
     config: MaterializeConfig | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list[MaterializedStructure | MaterializeError]:
+) -> list[MaterializedStructure | RowError]:
     """Build the substituted structure of every row of a substitution table.
 
     Args:
@@ -204,7 +204,8 @@ def materialize(
 
     Returns:
         One entry per row, in row order: a :class:`MaterializedStructure`, or a
-        :class:`MaterializeError` naming the offending value (unknown prototype id, species
+        :class:`~htvs.errors.RowError` (``value``: the id the structure would have had, as far as
+        it could be built) naming the offending value (unknown prototype id, species
         not in the prototype, unknown element symbol, formula mismatch, missing radius).
 
     Raises:
@@ -225,7 +226,7 @@ def materialize(
         else [None] * len(substitutions)
     )
     builder = _Materializer(prototypes, config)
-    out: list[MaterializedStructure | MaterializeError] = []
+    out: list[MaterializedStructure | RowError] = []
     for index, prototype_id in enumerate(proto_ids):
         if progress is not None and index % 256 == 0:
             progress(index)
@@ -243,28 +244,20 @@ def materialize(
                 raise InvalidInput(f"incomplete species pair(s) {', '.join(incomplete)}")
             out.append(builder.build(prototype_id, pairs, formulas[index]))
         except HTVSError as e:
-            out.append(
-                MaterializeError(
-                    index=index,
-                    id=substitution_id(proto, pairs),
-                    prototype_id=proto,
-                    error=str(e),
-                    kind=type(e).__name__,
-                )
-            )
+            out.append(RowError.of(index, substitution_id(proto, pairs), e))
     if progress is not None:
         progress(len(out))
     return out
 
 
 def split_results(
-    results: Iterable[MaterializedStructure | MaterializeError],
-) -> tuple[list[MaterializedStructure], list[MaterializeError]]:
+    results: Iterable[MaterializedStructure | RowError],
+) -> tuple[list[MaterializedStructure], list[RowError]]:
     """Separate :func:`materialize`'s output into structures and errors."""
     structures: list[MaterializedStructure] = []
-    errors: list[MaterializeError] = []
+    errors: list[RowError] = []
     for item in results:
-        if isinstance(item, MaterializeError):
+        if isinstance(item, RowError):
             errors.append(item)
         else:
             structures.append(item)

@@ -24,11 +24,10 @@ import pandas as pd
 import pyarrow as pa
 from pymatgen.core import Lattice, Structure
 
-from htvs.errors import InvalidInput
+from htvs.errors import InvalidInput, RowError
 from htvs.prototypes.records import Prototype
 from htvs.structures.dedupe import DedupeConfig, PrototypeCache, deduplicate
 from htvs.structures.materialize import MaterializeConfig, materialize, split_results
-from htvs.structures.records import MaterializeError
 
 #: Rows per part (parts are whole formulas, so they can be larger).
 PART_ROWS = 4096
@@ -156,7 +155,7 @@ def build_part(
     start = time.perf_counter()
     results = materialize(prototypes, rows, materialize_config)
     built, failed = split_results(results)
-    built_positions = [int(positions[i]) for i, r in enumerate(results) if not isinstance(r, MaterializeError)]
+    built_positions = [int(positions[i]) for i, r in enumerate(results) if not isinstance(r, RowError)]
     out.materialize_s = time.perf_counter() - start
     result = deduplicate(built, dedupe_config, prototypes=prototypes, cache=cache)
     out.dedupe_s = time.perf_counter() - start - out.materialize_s
@@ -177,9 +176,7 @@ def build_part(
         c["lattice_matrix"].append(lattice)
         c["species"].append(species)
         c["frac_coords"].append(coords)
-    out.errors = [{"id": e.id, "error": e.error} for e in failed] + [
-        {"id": r.id, "error": r.error} for r in result.refused
-    ]
+    out.errors = [{"id": e.value, "error": e.message} for e in (*failed, *result.refused)]
     return out
 
 

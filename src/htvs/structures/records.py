@@ -1,4 +1,5 @@
-"""Records of the structure stage (stage 4): materialized substituted structures and errors."""
+"""Records of the structure stage (stage 4): materialized substituted structures (per-row errors
+are :class:`htvs.errors.RowError`)."""
 
 from __future__ import annotations
 
@@ -72,37 +73,3 @@ class MaterializedStructure:
         from pymatgen.io.cif import CifWriter
 
         return str(CifWriter(self.structure))
-
-
-@dataclass(frozen=True)
-class MaterializeError:
-    """A substitution row that could not be materialized; the other rows are unaffected.
-
-    Attributes:
-        index: position of the row in the input table.
-        id: the structure id the row would have had (as far as it could be built).
-        prototype_id: the row's prototype id, as given.
-        error: a message naming the offending value.
-        kind: the exception class, e.g. ``"InvalidInput"``.
-    """
-
-    index: int
-    id: str
-    prototype_id: str
-    error: str
-    kind: str
-
-
-@dataclass(frozen=True)
-class RefusedStructure:
-    """A structure :func:`~htvs.structures.dedupe.deduplicate` did not compare, with the reason.
-
-    Attributes:
-        index: position in the input sequence.
-        id: the structure's id.
-        error: why it was refused (names the offending value).
-    """
-
-    index: int
-    id: str
-    error: str

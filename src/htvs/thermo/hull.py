@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pymatgen.core import Composition
 
-from htvs.errors import HTVSError, InvalidInput, StageFailed, finite_number
+from htvs.errors import HTVSError, InvalidInput, RowError, StageFailed, finite_number
 from htvs.formula import parse_composition
 from htvs.thermo.facets import FacetModel
 
@@ -73,23 +73,6 @@ class _LRU(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
-
-
-@dataclass(frozen=True)
-class RowError:
-    """A batch row that could not be computed; the other rows are unaffected.
-
-    Attributes:
-        index: position of the row in the input.
-        formula: the formula as given.
-        error: a message naming the offending value.
-        kind: the exception class, e.g. ``"InvalidInput"``.
-    """
-
-    index: int
-    formula: str
-    error: str
-    kind: str
 
 
 @dataclass(frozen=True)
@@ -330,11 +313,6 @@ def check_e_form(formula: object, value: object) -> float:
     return finite_number(f"e_form_ev_per_atom for {formula!r}", value)
 
 
-def row_error(index: int, formula: object, exc: HTVSError) -> RowError:
-    """The :class:`RowError` of batch row ``index``."""
-    return RowError(index=index, formula=str(formula), error=str(exc), kind=type(exc).__name__)
-
-
 def group_rows(
     hull: ReferenceHull, formulas: Sequence[str]
 ) -> tuple[dict[frozenset[str], list[int]], dict[int, Composition], dict[int, RowError]]:
@@ -350,7 +328,7 @@ def group_rows(
         try:
             comp = hull.composition(formula)
         except HTVSError as exc:
-            errors[i] = row_error(i, formula, exc)
+            errors[i] = RowError.of(i, formula, exc)
             continue
         comps[i] = comp
         groups.setdefault(frozenset(el.symbol for el in comp.elements), []).append(i)
@@ -405,7 +383,7 @@ def e_above_hull_many(
     """Energies above the hull of many formulas, vectorized per chemical system.
 
     Rows are grouped by chemical system; each group is located in the cached facets of its
-    system with one batched matrix product. A bad row yields a :class:`RowError` and never
+    system with one batched matrix product. A bad row yields a :class:`~htvs.errors.RowError` and never
     stops the batch.
 
     Args:
@@ -415,7 +393,7 @@ def e_above_hull_many(
         progress: called with the number of rows done after each chemical system.
 
     Returns:
-        One :class:`HullResult` or :class:`RowError` per input row, in input order.
+        One :class:`HullResult` or :class:`~htvs.errors.RowError` per input row, in input order.
 
     Raises:
         InvalidInput: ``formulas`` and ``e_forms`` differ in length.
@@ -434,13 +412,13 @@ def e_above_hull_many(
                 energies.append(check_e_form(formulas[i], e_forms[i]))
                 good.append(i)
             except InvalidInput as exc:
-                out[i] = row_error(i, formulas[i], exc)
+                out[i] = RowError.of(i, formulas[i], exc)
         if not good:
             continue
         try:
             model = hull.facet_model(system)
         except HTVSError as exc:
-            out.update((i, row_error(i, formulas[i], exc)) for i in good)
+            out.update((i, RowError.of(i, formulas[i], exc)) for i in good)
             continue
         out.update(zip(good, _hull_results(model, [comps[i] for i in good], energies), strict=True))
     if progress is not None:

@@ -38,16 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.core import Composition
 
-from htvs.errors import HTVSError, InvalidInput, StageFailed
+from htvs.errors import HTVSError, InvalidInput, RowError, StageFailed
 from htvs.thermo.facets import AMOUNT_TOL, FacetModel
-from htvs.thermo.hull import (
-    ReferenceHull,
-    RowError,
-    amounts,
-    check_e_form,
-    group_rows,
-    row_error,
-)
+from htvs.thermo.hull import ReferenceHull, amounts, check_e_form, group_rows
 
 #: The open element.
 LI = "Li"
@@ -219,7 +212,7 @@ def electrochemical_windows(
         progress: called with the number of rows done after each chemical system.
 
     Returns:
-        One :class:`WindowResult` or :class:`RowError` per input row, in input order.
+        One :class:`WindowResult` or :class:`~htvs.errors.RowError` per input row, in input order.
 
     Raises:
         InvalidInput: ``e_forms`` differs in length from ``formulas``.
@@ -237,13 +230,13 @@ def electrochemical_windows(
                 _check_li(comps[i], formulas[i])
                 good.append(i)
             except InvalidInput as exc:
-                out[i] = row_error(i, formulas[i], exc)
+                out[i] = RowError.of(i, formulas[i], exc)
         if not good:
             continue
         try:
             model = hull.facet_model(system)
         except HTVSError as exc:
-            out.update((i, row_error(i, formulas[i], exc)) for i in good)
+            out.update((i, RowError.of(i, formulas[i], exc)) for i in good)
             continue
         fast = good
         if e_forms is not None:
@@ -256,7 +249,7 @@ def electrochemical_windows(
                         energies.append(check_e_form(formulas[i], e_forms[i]))
                         given.append(i)
                 except InvalidInput as exc:
-                    out[i] = row_error(i, formulas[i], exc)
+                    out[i] = RowError.of(i, formulas[i], exc)
             if given:
                 below = _below_hull(model, [comps[i] for i in given], energies)
                 for i, energy, is_below in zip(given, energies, below, strict=True):
@@ -266,7 +259,7 @@ def electrochemical_windows(
                     try:
                         out[i] = _window_if_inserted(hull, model, comps[i], energy)
                     except HTVSError as exc:
-                        out[i] = row_error(i, formulas[i], exc)
+                        out[i] = RowError.of(i, formulas[i], exc)
         if fast:
             out.update(zip(fast, _window_results(model, [comps[i] for i in fast]), strict=True))
     if progress is not None:
