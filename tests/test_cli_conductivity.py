@@ -120,7 +120,7 @@ def test_predict_exits_2_when_every_file_failed(runner: CliRunner, files: dict[s
     ("args", "message"),
     [
         (["--max-atoms", "0"], "--max-atoms"),
-        (["--models", "/nonexistent/models"], "no conductivity model card at /nonexistent/models"),
+        (["--models", "/nonexistent/models"], "no conductivity model in /nonexistent/models"),
     ],
 )
 def test_predict_bad_options_exit_2_naming_the_value(runner, files, args, message) -> None:

@@ -204,8 +204,8 @@ def test_bad_rows_are_per_row_errors(ensemble_dir):
     formulas = ["Li3PS4", *BAD_ROWS, "Li7La3Zr2O12", "LiCl"]
     result = ensemble.predict(formulas, batch_size=3)  # errors straddle featurize batches
     assert [e.index for e in result.errors] == [1, 2, 3, 4, 5]
-    assert [e.formula for e in result.errors] == BAD_ROWS
-    assert all(e.error for e in result.errors)
+    assert [e.value for e in result.errors] == BAD_ROWS
+    assert all(e.message and e.kind == "InvalidInput" for e in result.errors)
     assert result.valid.tolist() == [True, False, False, False, False, False, True, True]
     assert np.isnan(result.mean[~result.valid]).all() and np.isnan(result.std[~result.valid]).all()
     good, _ = featurize(["Li3PS4", "Li7La3Zr2O12", "LiCl"])
@@ -240,5 +240,5 @@ def test_sha256_mismatch_raises_model_not_ready(ensemble_dir, tmp_path):
     (tmp_path / CARD_NAME).write_text(json.dumps(card))
     with pytest.raises(ModelNotReady, match="model_2.onnx.*missing"):
         OnnxRoostEnsemble.from_dir(tmp_path)
-    with pytest.raises(ModelNotReady, match="no model card"):
+    with pytest.raises(ModelNotReady, match="nowhere.*does not exist"):
         OnnxRoostEnsemble.from_dir(tmp_path / "nowhere")

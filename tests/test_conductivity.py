@@ -21,7 +21,7 @@ from htvs.conductivity.predict import (
     ship_ensemble,
 )
 from htvs.conductivity.train import ConductivityTrainConfig, train_ensemble, train_member, make_entries
-from htvs.errors import ModelNotReady
+from htvs.errors import NO_LITHIUM, ModelNotReady
 
 TINY = ModelConfig(hidden=8, n_blocks=2, n_gaussians=8, global_hidden=8, head_hidden=8)
 
@@ -154,14 +154,15 @@ def test_bad_inputs_are_per_item(li2o, li_half_na_cl, tiny_ensemble):
         ("partial", li_half_na_cl),
     ]
     out = predict_conductivity(items, tiny_ensemble, ConductivityConfig(max_atoms=50))
-    assert [r.id for r in out] == [i for i, _ in items]
+    assert [r.id if isinstance(r, ConductivityPrediction) else r.value for r in out] == [i for i, _ in items]
     kinds = [type(r).__name__ for r in out]
-    assert kinds == ["ConductivityPrediction", "ConductivityError", "ConductivityError",
-                     "ConductivityError", "ConductivityError", "ConductivityPrediction"]
-    assert "malformed CIF" in out[1].error
-    assert out[2].no_lithium and "no Li" in out[2].error
-    assert "96 sites" in out[3].error and "limit of 50" in out[3].error
-    assert "NaN" in out[4].error
+    assert kinds == ["ConductivityPrediction", "RowError", "RowError", "RowError", "RowError",
+                     "ConductivityPrediction"]
+    assert [(r.index, r.value) for r in out[1:5]] == [(i, items[i][0]) for i in range(1, 5)]
+    assert "malformed CIF" in out[1].message and out[1].kind == "InvalidInput"
+    assert out[2].kind == NO_LITHIUM and "no Li" in out[2].message
+    assert "96 sites" in out[3].message and "limit of 50" in out[3].message
+    assert "NaN" in out[4].message
     assert 0.0 <= out[0].p_superionic <= 1.0 and out[0].log10_sigma_std >= 0.0
 
 

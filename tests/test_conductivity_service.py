@@ -178,5 +178,5 @@ def test_conductivity_is_available_and_a_missing_model_fails_the_start(tmp_path)
     from htvs.errors import ModelNotReady
 
     assert "conductivity" in AVAILABLE_SERVICES
-    with pytest.raises(ModelNotReady, match="no conductivity model card"):
+    with pytest.raises(ModelNotReady, match="no conductivity model in .*: it has no model_card.json"):
         build_servicer("conductivity", conductivity_models=tmp_path)

@@ -18,7 +18,8 @@ from htvs.cli import EXIT_BAD_INPUT, app
 from htvs.generation.data import load_perov5
 from htvs.generation.diffusion import wrapped_normal_log_density, wrapped_normal_score
 from htvs.generation.model import CSPDenoiser, DenoiserConfig, fully_connected_edges
-from htvs.generation.stage import GenerationConfig, GenerationError, generate_structures, load_generator
+from htvs.errors import RowError
+from htvs.generation.stage import GenerationConfig, generate_structures, load_generator
 from htvs.generation.train import TrainConfig, train_generator
 
 pytestmark = pytest.mark.timeout(120)
@@ -123,7 +124,7 @@ def test_shipped_generator_makes_valid_structures_for_a_perov5_test_formula(ship
     test = load_perov5("test")
     formula = test.structure(0).composition.formula.replace(" ", "")
     rows = generate_structures([formula], shipped, GenerationConfig(n_samples=2, seed=3))
-    assert not any(isinstance(r, GenerationError) for r in rows)
+    assert not any(isinstance(r, RowError) for r in rows)
     _check(rows, formula, 2)
     again = generate_structures([formula], shipped, GenerationConfig(n_samples=2, seed=3))
     assert [r.cif for r in again] == [r.cif for r in rows]  # fixed seed, same structures
@@ -133,10 +134,12 @@ def test_shipped_generator_makes_valid_structures_for_a_perov5_test_formula(ship
 
 def test_stage_reports_bad_formulas_and_keeps_the_good_ones(shipped):
     rows = generate_structures(["SrTiO3", "Li3PS4", "Xq2", "Sr5Ti5O15"], shipped, GenerationConfig(max_atoms=20))
-    assert not isinstance(rows[0], GenerationError)
-    assert "P" in rows[1].error and "embedding" in rows[1].error
-    assert "Xq2" in rows[2].error
-    assert "max_atoms=20" in rows[3].error and "25 atoms" in rows[3].error
+    assert not isinstance(rows[0], RowError)
+    assert [(r.index, r.value, r.kind) for r in rows[1:]] == [
+        (1, "Li3PS4", "InvalidInput"), (2, "Xq2", "InvalidInput"), (3, "Sr5Ti5O15", "InvalidInput")]
+    assert "P" in rows[1].message and "embedding" in rows[1].message
+    assert "Xq2" in rows[2].message
+    assert "max_atoms=20" in rows[3].message and "25 atoms" in rows[3].message
     with pytest.raises(ValueError, match="n_samples"):
         GenerationConfig(n_samples=0)
 

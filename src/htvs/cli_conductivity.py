@@ -100,12 +100,8 @@ def predict(
     was (or on bad options / a missing model).
     """
     with _clear_errors():
-        from htvs.conductivity.predict import (
-            ConductivityConfig,
-            ConductivityError,
-            load_ensemble,
-            predict_conductivity,
-        )
+        from htvs.conductivity.predict import ConductivityConfig, load_ensemble, predict_conductivity
+        from htvs.errors import NO_LITHIUM, RowError
 
         config = ConductivityConfig(max_atoms=max_atoms)
         items, read_errors = read_structure_files(files)
@@ -115,8 +111,8 @@ def predict(
     for position, item_id, message in read_errors:
         rows[position] = {"id": item_id, "error": message, "no_lithium": False}
     for (position, _, _), result in zip(items, results, strict=True):
-        if isinstance(result, ConductivityError):
-            rows[position] = {"id": result.id, "error": result.error, "no_lithium": result.no_lithium}
+        if isinstance(result, RowError):
+            rows[position] = {"id": result.value, "error": result.message, "no_lithium": result.kind == NO_LITHIUM}
         elif all(math.isfinite(v) for v in (result.log10_sigma_mean, result.log10_sigma_std, result.p_superionic)):
             rows[position] = result.to_dict()
         else:

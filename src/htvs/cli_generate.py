@@ -91,7 +91,8 @@ def generate(
     are generated. Exit status 2 when nothing was generated or an option is out of range.
     """
     with _clear_errors():
-        from htvs.generation.stage import GenerationConfig, GenerationError, generate_structures, load_generator
+        from htvs.errors import RowError
+        from htvs.generation.stage import GenerationConfig, generate_structures, load_generator
 
         config = GenerationConfig(n_samples=n_samples, max_atoms=max_atoms, max_samples=max_samples, seed=seed,
                                   step_lr=step_lr, threads=threads)
@@ -101,10 +102,10 @@ def generate(
         out.mkdir(parents=True, exist_ok=True)
     generated = 0
     for result in results:
-        if isinstance(result, GenerationError):
-            _stderr().print(f"[bold red]error:[/] {result.error}", highlight=False)
+        if isinstance(result, RowError):
+            _stderr().print(f"[bold red]error:[/] {result.message}", highlight=False)
             if as_json:
-                _emit_json({"formula": result.formula, "error": result.error})
+                _emit_json({"formula": result.value, "error": result.message})
             continue
         generated += 1
         if out is not None:

@@ -30,7 +30,7 @@ def predict_compositions(formulas: Sequence[str], e_form_model, band_gap_model, 
     gap = band_gap_model.predict(formulas, batch_size=batch_size)
     errors: list[str | None] = [None] * len(formulas)
     for err in [*ef.errors, *gap.errors]:
-        errors[err.index] = errors[err.index] or err.error
+        errors[err.index] = errors[err.index] or err.message
     return pd.DataFrame(
         {
             "formula": formulas,

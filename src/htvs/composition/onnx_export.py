@@ -8,7 +8,6 @@ in the model's ``metadata_props`` (keys in :data:`METADATA_KEYS`).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from htvs.composition.model import RoostConfig
+from htvs.model_cards import CARD_NAME, sha256_of
 
 if TYPE_CHECKING:
     from aviary.roost.model import Roost
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 ONNX_FORMAT = "htvs.roost-dense/1"
 #: Format tag of ``model_card.json`` files read by :class:`htvs.composition.predictor.OnnxRoostEnsemble`.
 CARD_FORMAT = "htvs.roost-onnx-ensemble/1"
-CARD_NAME = "model_card.json"
 METADATA_KEYS = ("htvs.format", "htvs.roost_config", "htvs.target", "htvs.units", "htvs.aviary_version")
 INPUT_NAMES = ("z", "weights")
 OUTPUT_NAME = "prediction"
@@ -38,15 +37,6 @@ def config_of(model: Roost) -> RoostConfig:
     params = model.model_params
     names = {f.name for f in fields(RoostConfig)}
     return RoostConfig.from_dict({k: v for k, v in params.items() if k in names})
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx(

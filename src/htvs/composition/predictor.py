@@ -6,21 +6,23 @@ and a ``model_card.json`` (written by :func:`~htvs.composition.onnx_export.write
     {"format": "htvs.roost-onnx-ensemble/1", "target": "e_form", "units": "eV/atom",
      "models": [{"file": "model_0.onnx", "sha256": "..."}, ...], ...}
 
-Every file's sha256 is checked on load. Nothing is loaded at import.
+The card and every file's sha256 are checked on load (:func:`htvs.model_cards.read_model_card`).
+Nothing is loaded at import.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from htvs.composition.featurize import FeaturizeError, featurize
-from htvs.composition.onnx_export import CARD_NAME, INPUT_NAMES, ONNX_FORMAT, sha256_of
-from htvs.errors import ModelNotReady
+from htvs.composition.featurize import featurize
+from htvs.composition.onnx_export import CARD_FORMAT, INPUT_NAMES, ONNX_FORMAT
+from htvs.errors import ModelNotReady, RowError
+from htvs.model_cards import read_model_card
 
 #: Rows x elements^2 per onnxruntime call on CPU (bounds the (rows, M, M, hidden) intermediates).
 DEFAULT_PAIR_BUDGET = 32_768
@@ -35,7 +37,7 @@ class EnsemblePrediction:
         std: (n,) float64 population standard deviation across the models (ddof 0); NaN where invalid.
         members: (n_models, n) float64 prediction of each model; NaN where invalid.
         valid: (n,) bool, True where the formula was featurized and predicted.
-        errors: the invalid formulas with their position and reason.
+        errors: the invalid formulas: position, formula, reason and error class.
         target, units: what is predicted (e.g. ``e_form``, ``eV/atom``).
     """
 
@@ -43,7 +45,7 @@ class EnsemblePrediction:
     std: np.ndarray
     members: np.ndarray
     valid: np.ndarray
-    errors: list[FeaturizeError]
+    errors: list[RowError]
     target: str
     units: str
 
@@ -100,39 +102,33 @@ class OnnxRoostEnsemble:
         cls,
         directory: str | Path,
         *,
+        target: str | None = None,
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
         pair_budget: int = DEFAULT_PAIR_BUDGET,
     ) -> OnnxRoostEnsemble:
         """Load the ensemble described by ``directory/model_card.json``, checking every sha256.
 
+        Args:
+            target: the target the card must declare (e.g. ``"e_form"``; None: any).
+
         Raises:
-            ModelNotReady: the card or a listed file is missing, or a file's sha256 differs.
+            ModelNotReady: the card is missing, malformed, of another format or target, or a
+                listed file is missing or has another sha256.
         """
-        root = Path(directory)
-        card_path = root / CARD_NAME
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-            entries = card["models"]
-            target, units = str(card["target"]), str(card["units"])
-        except FileNotFoundError as exc:
-            raise ModelNotReady(f"no model card {card_path}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelNotReady(f"model card {card_path} is malformed: {exc!r}") from exc
-        paths = []
-        for entry in entries:
-            path = root / entry["file"]
-            if not path.is_file():
-                raise ModelNotReady(f"model file {path} listed in {card_path} is missing")
-            digest = sha256_of(path)
-            if digest != entry["sha256"]:
-                raise ModelNotReady(
-                    f"model file {path} has sha256 {digest}, the card {card_path} says {entry['sha256']}"
-                )
-            paths.append(path)
-        return cls(
-            paths,
+        card = read_model_card(
+            directory,
+            kind=f"{target or 'composition'} model",
+            card_format=CARD_FORMAT,
             target=target,
+            hint="train one with `htvs train composition` and `htvs train export`",
+        )
+        units = card.data.get("units")
+        if not isinstance(units, str) or not isinstance(card.data.get("target"), str):
+            raise ModelNotReady(f"composition model in {card.folder}: its model card has no target or units")
+        return cls(
+            card.members,
+            target=card.data["target"],
             units=units,
             intra_op_threads=intra_op_threads,
             providers=providers,
@@ -176,11 +172,11 @@ class OnnxRoostEnsemble:
         n = len(formulas)
         members = np.full((self.n_models, n), np.nan, dtype=np.float64)
         valid = np.zeros(n, dtype=bool)
-        errors: list[FeaturizeError] = []
+        errors: list[RowError] = []
         for start in range(0, n, batch_size):
             chunk = formulas[start : start + batch_size]
             batch, chunk_errors = featurize(chunk, self.embedding)
-            errors.extend(FeaturizeError(start + e.index, e.formula, e.error) for e in chunk_errors)
+            errors.extend(replace(e, index=start + e.index) for e in chunk_errors)
             if len(batch.rows):
                 rows = start + batch.rows
                 members[:, rows] = self.predict_dense(batch.dense_z, batch.dense_weights)

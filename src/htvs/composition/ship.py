@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from htvs.composition.datasets import TARGETS
-from htvs.errors import InvalidInput, ModelNotReady
+from htvs.errors import InvalidInput
+from htvs.model_cards import CARD_NAME
 
 #: Stage-2 targets and the training run target each one ships from.
 SHIPPED_TARGETS = {"e_form": ("ef", "eV/atom"), "band_gap": ("gap-expt", "eV")}
@@ -23,16 +24,16 @@ def shipped_model_dir(target: str) -> Path:
 
 
 def load_ensemble(target: str, directory: Path | None = None, threads: int | None = None):
-    """The ONNX ensemble of ``target`` from ``directory`` (default: the shipped one)."""
+    """The ONNX ensemble of ``target`` from ``directory`` (default: the shipped one).
+
+    Raises:
+        ModelNotReady: no model there, or its card does not check out (see
+            :func:`htvs.model_cards.read_model_card`; the card must declare ``target``).
+    """
     from htvs.composition.predictor import OnnxRoostEnsemble
 
     folder = Path(directory) if directory is not None else shipped_model_dir(target)
-    if not (folder / "model_card.json").exists():
-        raise ModelNotReady(
-            f"no {target} model in {folder}; train one with `htvs train composition` and "
-            "`htvs train export`"
-        )
-    return OnnxRoostEnsemble.from_dir(folder, intra_op_threads=threads)
+    return OnnxRoostEnsemble.from_dir(folder, target=target, intra_op_threads=threads)
 
 
 def export_run(
@@ -110,7 +111,7 @@ def _trained_on(device: str, threads: int, done: list[dict]) -> str:
 def attach_runs(model_dir: Path, related: dict[str, Path]) -> Path:
     """Add the ``metrics.json`` of ``related`` runs to the ``related_runs`` of an existing model
     card (e.g. the Bartel-split comparison), leaving the shipped members untouched."""
-    card_path = Path(model_dir) / "model_card.json"
+    card_path = Path(model_dir) / CARD_NAME
     if not card_path.is_file():
         raise InvalidInput(f"no model card at {card_path}")
     card = json.loads(card_path.read_text())

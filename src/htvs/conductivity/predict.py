@@ -5,7 +5,9 @@ next to ``model_card.json`` (configs, data, split, seeds, test metrics, sha256 o
 the largest ONNX-vs-torch difference measured when it was exported).
 
 Bad input never stops a batch: each item comes back as a :class:`ConductivityPrediction` or a
-:class:`ConductivityError` naming the reason (malformed CIF, no Li, too many atoms, NaN coordinates).
+:class:`~htvs.errors.RowError` naming the reason (malformed CIF, no Li, too many atoms, NaN
+coordinates); a structure without Li is not predicted and its record has kind
+:data:`~htvs.errors.NO_LITHIUM`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import numpy as np
 
 from htvs.conductivity.forest import blend
 from htvs.conductivity.graph import GraphConfig, build_graph, collate_arrays
-from htvs.errors import InvalidInput, ModelNotReady
+from htvs.errors import NO_LITHIUM, InvalidInput, RowError
+from htvs.model_cards import CARD_NAME, read_model_card, sha256_of
 
-CARD_NAME = "model_card.json"
 CARD_FORMAT = "htvs.conductivity-gnn-ensemble/3"
 
 
@@ -67,15 +69,6 @@ class ConductivityPrediction:
                 "log10_sigma_std": self.log10_sigma_std, "p_superionic": self.p_superionic}
 
 
-@dataclass(frozen=True)
-class ConductivityError:
-    """An item that was not predicted, with the reason (``no_lithium`` marks a flagged non-Li input)."""
-
-    id: str
-    error: str
-    no_lithium: bool = False
-
-
 @dataclass
 class ConductivityEnsemble:
     """Loaded ensemble members plus the graph settings they were trained with.
@@ -108,12 +101,6 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("htvs") / "models" / "conductivity"))
 
 
-def _sha256(path: Path) -> str:
-    from htvs.composition.onnx_export import sha256_of
-
-    return sha256_of(path)
-
-
 def load_ensemble(directory: str | Path | None = None, threads: int | None = 1) -> ConductivityEnsemble:
     """Load the ensemble described by ``directory/model_card.json`` (default: the shipped one).
 
@@ -122,28 +109,25 @@ def load_ensemble(directory: str | Path | None = None, threads: int | None = 1) 
         threads: onnxruntime intra-op threads per member (None: onnxruntime's default).
 
     Raises:
-        ModelNotReady: missing card or member file, a different card format, or a sha256 mismatch.
+        ModelNotReady: the card is missing, malformed or of another format, or a member file
+            is missing or has another sha256 (:func:`htvs.model_cards.read_model_card`).
     """
+    from htvs.conductivity.forest import OnnxForest
     from htvs.conductivity.onnx_export import OnnxMember
 
-    root = Path(directory) if directory is not None else default_model_dir()
-    card_path = root / CARD_NAME
-    if not card_path.is_file():
-        raise ModelNotReady(f"no conductivity model card at {card_path}")
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    if card.get("format") != CARD_FORMAT:
-        raise ModelNotReady(f"{card_path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
-    from htvs.conductivity.forest import OnnxForest
-
-    for entry in card["models"] + card.get("forest_files", []):
-        path = root / entry["file"]
-        if not path.is_file() or _sha256(path) != entry["sha256"]:
-            raise ModelNotReady(f"conductivity model file {path} is missing or its sha256 does not match the card")
-    models = [OnnxMember(root / entry["file"], threads) for entry in card["models"]]
-    blend = card.get("blend")
+    card = read_model_card(
+        directory if directory is not None else default_model_dir(),
+        kind="conductivity model",
+        card_format=CARD_FORMAT,
+        optional_members=("forest_files",),
+        hint="train and export one with `htvs train conductivity` and `htvs train conductivity-export`",
+    )
+    models = [OnnxMember(path, threads) for path in card.files("models")]
+    graph_config = GraphConfig(**card.data["graph_config"])
+    blend = card.data.get("blend")
     if blend is None:
-        return ConductivityEnsemble(models, GraphConfig(**card["graph_config"]), card)
-    return ConductivityEnsemble(models, GraphConfig(**card["graph_config"]), card, OnnxForest(root, threads),
+        return ConductivityEnsemble(models, graph_config, card.data)
+    return ConductivityEnsemble(models, graph_config, card.data, OnnxForest(card.folder, threads),
                                 float(blend["gnn_weight"]))
 
 
@@ -171,12 +155,12 @@ def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     forest_files = []
     for source in sorted((run_dir / "forest").glob("*.onnx")):
         shutil.copyfile(source, out / source.name)
-        forest_files.append({"file": source.name, "sha256": _sha256(out / source.name)})
+        forest_files.append({"file": source.name, "sha256": sha256_of(out / source.name)})
     for member in metrics["members"]:
         model = load_member(run_dir / f"model_{member['model']}" / "best.pt", ModelConfig.from_dict(config["model"]))
         path = export_member(model, out / f"member_{member['model']}.onnx")
         worst = max(worst, float(np.abs(OnnxMember(path)(check) - TorchMember(model)(check)).max()))
-        models.append({"file": path.name, "sha256": _sha256(path)})
+        models.append({"file": path.name, "sha256": sha256_of(path)})
     card = {
         "format": CARD_FORMAT,
         "target": "log10 sigma(300 K) regression and P(sigma >= 1e-4 S/cm) classification",
@@ -226,7 +210,7 @@ def predict_conductivity(
     structures: Sequence[tuple[str, object]],
     ensemble: ConductivityEnsemble,
     config: ConductivityConfig | None = None,
-) -> list[ConductivityPrediction | ConductivityError]:
+) -> list[ConductivityPrediction | RowError]:
     """Predict Li-ion conductivity of ``(id, Structure or CIF text)`` items, in input order.
 
     Args:
@@ -235,27 +219,28 @@ def predict_conductivity(
         config: limits (default :class:`ConductivityConfig`).
 
     Returns:
-        One record per item: a prediction, or an error with the reason (the batch goes on).
+        One record per item: a prediction, or a :class:`~htvs.errors.RowError` (``index``: the
+        item's position, ``value``: its id) with the reason; the batch goes on.
     """
     config = config or ConductivityConfig()
-    results: list[ConductivityPrediction | ConductivityError | None] = [None] * len(structures)
+    results: list[ConductivityPrediction | RowError | None] = [None] * len(structures)
     graphs, rows = [], []
     for i, (item_id, item) in enumerate(structures):
         item_id = str(item_id)
         try:
             structure = _as_structure(item_id, item, config)
             if "Li" not in {el.symbol for el in structure.composition.elements}:
-                results[i] = ConductivityError(item_id, f"{item_id}: structure {structure.composition.reduced_formula} "
-                                               "contains no Li; not predicted", no_lithium=True)
+                results[i] = RowError(i, item_id, f"{item_id}: structure {structure.composition.reduced_formula} "
+                                      "contains no Li; not predicted", NO_LITHIUM)
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 graph = build_graph(structure, ensemble.graph_config)
         except InvalidInput as exc:
-            results[i] = ConductivityError(item_id, str(exc))
+            results[i] = RowError.of(i, item_id, exc)
             continue
         except Exception as exc:  # noqa: BLE001 - per-item failure, the batch goes on
-            results[i] = ConductivityError(item_id, f"{item_id}: could not build the crystal graph: {exc}")
+            results[i] = RowError(i, item_id, f"{item_id}: could not build the crystal graph: {exc}", "InvalidInput")
             continue
         graphs.append(graph)
         rows.append(i)
@@ -276,7 +261,7 @@ def predict_conductivity(
 
 
 def predict_cif_files(paths: Sequence[str | Path], ensemble: ConductivityEnsemble,
-                      config: ConductivityConfig | None = None) -> list[ConductivityPrediction | ConductivityError]:
+                      config: ConductivityConfig | None = None) -> list[ConductivityPrediction | RowError]:
     """Convenience: predict CIF files; ``id`` is the file name without its extension."""
     items: list[tuple[str, object]] = []
     for path in map(Path, paths):

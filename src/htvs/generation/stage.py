@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from htvs.errors import InvalidInput, ModelNotReady
+from htvs.errors import InvalidInput, RowError
 from htvs.generation.diffusion import DiffusionSchedule
 from htvs.generation.model import CSPDenoiser, DenoiserConfig
+from htvs.model_cards import CARD_NAME, read_model_card, sha256_of
 
 WEIGHTS = "weights.pt"
-CARD = "model_card.json"
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,9 @@ class GeneratedStructure:
         return f"{self.num_atoms} atoms, V = {self.volume_a3:.2f} Å^3"
 
 
-@dataclass(frozen=True)
-class GenerationError:
-    """A formula (or one of its samples) that was not generated, and why."""
-
-    formula: str
-    error: str
+#: The README's name for stage 5's per-row error record: :class:`htvs.errors.RowError`
+#: (``index``: the formula's position, ``value``: the formula).
+GenerationError = RowError
 
 
 @dataclass(frozen=True)
@@ -87,21 +84,21 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("htvs") / "models" / "generator"))
 
 
-def _sha256(path: Path) -> str:
-    from htvs.composition.onnx_export import sha256_of  # the project's one file-hash helper
-
-    return sha256_of(path)
-
-
 def load_generator(directory: str | Path | None = None) -> Generator:
-    """Load ``weights.pt`` + ``model_card.json`` (default: the shipped model); checks the hash."""
-    folder = Path(directory) if directory is not None else default_model_dir()
-    if not (folder / CARD).exists() or not (folder / WEIGHTS).exists():
-        raise ModelNotReady(f"no generator in {folder} (needs {WEIGHTS} and {CARD}); "
-                            "train and export one with `htvs train generator` / `generator-export`")
-    card = json.loads((folder / CARD).read_text())
-    if card.get("sha256") != _sha256(folder / WEIGHTS):
-        raise ModelNotReady(f"{folder / WEIGHTS} does not match the sha256 of its model card")
+    """Load ``weights.pt`` + ``model_card.json`` (default: the shipped model); checks the hash.
+
+    Raises:
+        ModelNotReady: the card or the weights are missing, or the weights' sha256 is not the
+            card's (:func:`htvs.model_cards.read_model_card`).
+    """
+    checked = read_model_card(
+        directory if directory is not None else default_model_dir(),
+        kind="generator",
+        members=(),
+        files={WEIGHTS: "sha256"},
+        hint="train and export one with `htvs train generator` / `generator-export`",
+    )
+    folder, card = checked.folder, checked.data
     model = CSPDenoiser(DenoiserConfig(**card["model"]))
     state = torch.load(folder / WEIGHTS, weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()})
@@ -140,9 +137,9 @@ def export_generator(run_dir: str | Path, out_dir: str | Path | None = None) -> 
         "metrics": metrics,
         "caveat": "small CPU-trained model; only elements of perov_5 have trained embeddings; "
                   "never trained on Li compounds",
-        "sha256": _sha256(folder / WEIGHTS),
+        "sha256": sha256_of(folder / WEIGHTS),
     }
-    (folder / CARD).write_text(json.dumps(_finite_json(card), indent=1, allow_nan=False) + "\n")
+    (folder / CARD_NAME).write_text(json.dumps(_finite_json(card), indent=1, allow_nan=False) + "\n")
     return folder
 
 
@@ -179,44 +176,46 @@ def _composition_atoms(formula: str, generator: Generator, config: GenerationCon
 
 def generate_structures(
     formulas: list[str], generator: Generator, config: GenerationConfig
-) -> list[GeneratedStructure | GenerationError]:
+) -> list[GeneratedStructure | RowError]:
     """Stage 5: ``config.n_samples`` candidate structures per formula (rows in formula, sample order).
 
-    A bad formula gives one :class:`GenerationError` row and the others are generated; so does a
-    sample whose lattice degenerated (non-finite or zero volume).
+    A bad formula gives one :class:`~htvs.errors.RowError` row (``index``: the formula's position,
+    ``value``: the formula) and the others are generated; so does a sample whose lattice
+    degenerated (non-finite or zero volume; kind ``"StageFailed"``).
     """
     from pymatgen.io.cif import CifWriter
 
     from htvs.generation.sampling import sample_crystals, to_structures
 
     torch.set_num_threads(config.threads)
-    plan: list[tuple[str, list[int]] | GenerationError] = []
-    for formula in formulas:
+    plan: list[tuple[int, str, list[int]] | RowError] = []
+    for index, formula in enumerate(formulas):
         try:
-            plan.append((str(formula).strip(), _composition_atoms(formula, generator, config)))
+            plan.append((index, str(formula).strip(), _composition_atoms(formula, generator, config)))
         except InvalidInput as exc:
-            plan.append(GenerationError(str(formula), str(exc)))
-    jobs = [item for item in plan if not isinstance(item, GenerationError)]
+            plan.append(RowError.of(index, formula, exc))
+    jobs = [item for item in plan if not isinstance(item, RowError)]
     structures: list = []
     if jobs:
-        atoms = [z for _, zs in jobs for _ in range(config.n_samples) for z in zs]
-        counts = [len(zs) for _, zs in jobs for _ in range(config.n_samples)]
+        atoms = [z for _, _, zs in jobs for _ in range(config.n_samples) for z in zs]
+        counts = [len(zs) for _, _, zs in jobs for _ in range(config.n_samples)]
         numbers = torch.tensor(atoms, dtype=torch.long)
         result = sample_crystals(generator.model, generator.schedule, numbers, torch.tensor(counts),
                                  torch.Generator().manual_seed(config.seed), step_lr=config.step_lr)
         structures = to_structures(result, numbers)
-    rows: list[GeneratedStructure | GenerationError] = []
+    rows: list[GeneratedStructure | RowError] = []
     cursor = 0
     for item in plan:
-        if isinstance(item, GenerationError):
+        if isinstance(item, RowError):
             rows.append(item)
             continue
-        formula, _ = item
+        index, formula, _ = item
         for sample in range(config.n_samples):
             structure = structures[cursor]
             cursor += 1
             if structure is None or not structure.volume > 0:
-                rows.append(GenerationError(formula, f"sample {sample} of {formula!r} degenerated (no finite cell)"))
+                rows.append(RowError(index, formula, f"sample {sample} of {formula!r} degenerated (no finite cell)",
+                                     "StageFailed"))
                 continue
             rows.append(GeneratedStructure(formula, sample, str(CifWriter(structure)), len(structure),
                                            float(structure.volume)))

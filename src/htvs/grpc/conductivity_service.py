@@ -9,7 +9,7 @@ Which errors are per row and which refuse the whole request:
   :func:`~htvs.conductivity.predict.predict_conductivity` reports per item (malformed CIF, no
   sites, too many sites naming the limit, NaN coordinates, degenerate cell, graph failure), a
   pymatgen JSON that cannot be read, and a structure without Li, which is *not predicted*: its
-  row has ``no_lithium`` set and a RowError of kind ``"NoLithium"``.
+  row has ``no_lithium`` set and a RowError of kind ``"NoLithium"`` (:data:`htvs.errors.NO_LITHIUM`).
 
 The ensemble is loaded once by the caller (:func:`htvs.conductivity.predict.load_ensemble`) and
 passed in; the torch-based stage module is imported only when the servicer is built.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from htvs.errors import HTVSError, InvalidInput
+from htvs.errors import NO_LITHIUM, HTVSError, InvalidInput, RowError
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import conductivity_pb2 as pb
 from htvs.grpc.gen import conductivity_pb2_grpc as pb_grpc
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 #: Default largest number of structures per request.
 DEFAULT_MAX_BATCH_ROWS = 1_000
-#: RowError.kind of a structure that was not predicted because it holds no Li.
-NO_LITHIUM_KIND = "NoLithium"
 _METRIC_FIELDS = ("mae_log10_sigma", "accuracy", "roc_auc", "fraction_superionic")
 
 
@@ -128,8 +126,6 @@ class ConductivityServicer(pb_grpc.ConductivityServiceServicer):
     # -- RPCs -------------------------------------------------------------------------------
 
     def Predict(self, request: pb.ConductivityPredictRequest, context) -> pb.ConductivityPredictResponse:
-        from htvs.conductivity.predict import ConductivityError
-
         self._check_batch(request)
         config = self._request_config(request)
         rows: list[pb.ConductivityRow | None] = [None] * len(request.structures)
@@ -154,10 +150,9 @@ class ConductivityServicer(pb_grpc.ConductivityServiceServicer):
 
             results = predict_conductivity(items, self.ensemble, config)
             for index, result in zip(origin, results, strict=True):
-                if isinstance(result, ConductivityError):
-                    kind = NO_LITHIUM_KIND if result.no_lithium else "InvalidInput"
-                    error = common_pb2.RowError(index=index, value=result.id, message=result.error, kind=kind)
-                    rows[index] = pb.ConductivityRow(id=result.id, error=error, no_lithium=result.no_lithium)
+                if isinstance(result, RowError):
+                    error = common_pb2.RowError(**dataclasses.asdict(dataclasses.replace(result, index=index)))
+                    rows[index] = pb.ConductivityRow(id=result.value, error=error, no_lithium=result.kind == NO_LITHIUM)
                     continue
                 values = (result.log10_sigma_mean, result.log10_sigma_std, result.p_superionic)
                 if not all(math.isfinite(v) for v in values):  # never send NaN (common.proto)
