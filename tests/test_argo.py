@@ -1,11 +1,12 @@
-"""The campaign WorkflowTemplate: golden file, Argo JSON Schema, retries, GPU request, fan-out.
+"""The campaign WorkflowTemplates (both executions): golden files, Argo JSON Schema, retries,
+GPU requests, fan-out, and the services execution's thin clients.
 
 The schema is Argo Workflows v4.1.x ``api/jsonschema/schema.json`` (draft 2020-12, Apache-2.0;
 from the argoproj/argo-workflows repository, copied to ``tests/data/argo/``). Its ``IntOrString`` is declared as a plain string, while
 Argo accepts integers there (``backoff.factor: 2``), so that one definition is widened; nothing else is.
 
-``HTVS_REGENERATE_GOLDEN=1 pytest tests/test_argo.py`` rewrites ``argo/campaign.yaml`` and its copy
-in ``helm/htvs/files/`` (same as ``python argo/campaign.py``).
+``HTVS_REGENERATE_GOLDEN=1 pytest tests/test_argo.py`` rewrites ``argo/campaign*.yaml`` and their
+copies in ``helm/htvs/files/`` (same as ``python argo/campaign.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFINITION = ROOT / "argo" / "campaign.py"
-GOLDEN = ROOT / "argo" / "campaign.yaml"
-CHART_COPY = ROOT / "helm" / "htvs" / "files" / "campaign.yaml"
 SCHEMA = Path(__file__).parent / "data" / "argo" / "argo-workflows-schema.json.gz"
 INT_OR_STRING = "io.k8s.apimachinery.pkg.util.intstr.IntOrString"
 
@@ -70,9 +69,14 @@ def definition() -> ModuleType:
     return load_definition()
 
 
+@pytest.fixture(scope="module", params=["in-process", "services"])
+def execution(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def rendered(definition: ModuleType) -> str:
-    return definition.render()
+def rendered(definition: ModuleType, execution: str) -> str:
+    return definition.render(execution)
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +94,14 @@ def templates_by_name(workflow_template: dict) -> dict[str, dict]:
     return {template["name"]: template for template in workflow_template["spec"]["templates"]}
 
 
-def test_rendered_template_matches_golden_file(rendered: str) -> None:
+def test_rendered_template_matches_golden_file(definition: ModuleType, rendered: str, execution: str) -> None:
+    golden, chart_copy = definition.rendered_paths(execution)
     if os.environ.get("HTVS_REGENERATE_GOLDEN") == "1":
-        for path in (GOLDEN, CHART_COPY):
+        for path in (golden, chart_copy):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(rendered)
-    assert GOLDEN.read_text() == rendered, "argo/campaign.yaml is stale: run `python argo/campaign.py`"
-
-
-def test_chart_copy_equals_golden_file() -> None:
-    assert CHART_COPY.read_text() == GOLDEN.read_text(), (
-        "helm/htvs/files/campaign.yaml differs from argo/campaign.yaml: run `python argo/campaign.py`"
-    )
+    assert golden.read_text() == rendered, f"{golden.name} is stale: run `python argo/campaign.py`"
+    assert chart_copy.read_text() == rendered, f"the chart's {chart_copy.name} is stale: run `python argo/campaign.py`"
 
 
 def test_every_document_validates_against_argo_schema(documents: list[dict]) -> None:
@@ -119,6 +119,7 @@ def test_schema_stays_strict_outside_int_or_string(workflow_template: dict) -> N
     assert errors, "schema accepted a float retry limit and an integer entrypoint"
 
 
+@pytest.mark.parametrize("execution", ["in-process"], indirect=True)
 def test_metadata_and_entrypoint(workflow_template: dict) -> None:
     assert workflow_template["apiVersion"] == "argoproj.io/v1alpha1"
     assert workflow_template["metadata"]["name"] == "htvs-campaign"
@@ -173,6 +174,7 @@ def substitute_defaults(text: str, workflow_template: dict, **overrides: str) ->
     return re.sub(r"\{\{workflow\.parameters\.([\w-]+)\}\}", lambda match: values[match.group(1)], text)
 
 
+@pytest.mark.parametrize("execution", ["in-process"], indirect=True)
 @pytest.mark.parametrize("step", ["predict", "validate"])
 def test_gpu_steps_request_gpu_with_placement_from_parameters(workflow_template: dict, step: str) -> None:
     predict = templates_by_name(workflow_template)[step]
@@ -213,3 +215,28 @@ def test_dag_fans_out_predict_over_shards_and_fans_in(workflow_template: dict) -
 
 def test_render_script_check_mode(definition: ModuleType) -> None:
     assert definition.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("execution", ["services"], indirect=True)
+def test_services_execution_runs_thin_clients_of_the_services(workflow_template: dict) -> None:
+    """Every stage with a service is a light-image client passing --services; none asks for a
+    GPU (the services' Deployments hold them); the report runs in its task."""
+    from htvs.campaign.graph import STAGES
+
+    assert workflow_template["metadata"]["name"] == "htvs-campaign-services"
+    parameters = {p["name"]: p for p in workflow_template["spec"]["arguments"]["parameters"]}
+    assert "gpu-image" not in parameters and "gpus" not in parameters
+    named = dict(item.split("=") for item in parameters["services"]["value"].split(","))
+    assert set(named) == {s.service for s in STAGES if s.service}
+    templates = templates_by_name(workflow_template)
+    assert "gpu" not in json.dumps(workflow_template["spec"]["templates"])
+    for stage in STAGES:
+        container = templates[stage.name]["container"]
+        assert container["image"] == "{{workflow.parameters.image}}"
+        args = container["args"]
+        if stage.service is None:
+            assert "--services" not in args, stage.name
+        else:
+            assert args[:3] == ["campaign", "stage", stage.name]
+            assert args[args.index("--services") + 1] == "{{workflow.parameters.services}}", stage.name
+            assert container["resources"]["requests"]["memory"] == "256Mi", stage.name

@@ -162,3 +162,60 @@ def test_models_other_than_the_served_ones_are_refused(tmp_path: Path, services,
             run_campaign(config, s3_root.below("campaigns/other"), tmp_path / "o", services=client)
     finally:
         client.close()
+
+
+def _objects(store, prefix: str = "stages/") -> dict[str, bytes]:
+    """Every stage output under ``prefix`` (manifests left out: they record times)."""
+    return {key: store.get_bytes(key) for key in store.list(prefix) if not key.endswith("manifest.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("execution", ["services", "in-process"])
+def test_the_rendered_workflow_template_runs(tmp_path: Path, models, services, s3_root, moto_endpoint,
+                                             execution: str) -> None:
+    """Execute the rendered WorkflowTemplate itself (tests/argo_local.py): every task's container
+    command and args as a local process against the loopback services and the S3 server; every
+    stage output and report file equals the embedded run's (byte for byte; floats of a table to
+    1e-6 where the services' ONNX sessions use other thread counts)."""
+    import sys
+
+    import yaml
+    from argo_local import LocalArgo
+    from test_argo import load_definition
+
+    from htvs.campaign.runner import report_prefix
+
+    (tmp_path / "config").mkdir()
+    config_path = write_config(tmp_path / "config" / "campaign.yaml", models,
+                               conductivity={"min_p_superionic": 0.0})
+    config = load_campaign(config_path)
+    local_store = open_store(tmp_path / "local-store")
+    run_campaign(config, local_store, tmp_path / "local")
+
+    template = yaml.safe_load(load_definition().render(execution))
+    (tmp_path / "pod-tmp").mkdir()
+    argo = LocalArgo(
+        commands={"htvs": [str(Path(sys.executable).with_name("htvs"))]},
+        mounts={"config": tmp_path / "config", "tmp": tmp_path / "pod-tmp"},
+        secrets={"htvs-s3": {"accessKey": "testing", "secretKey": "testing"}},
+        env={"HTVS_S3_REGION": "us-east-1"},
+    )
+    parameters = {"store": f"{s3_root.url}/argo/{execution}",
+                  "s3-endpoint": moto_endpoint.removeprefix("http://"), "s3-secure": "false"}
+    if execution == "services":
+        parameters["services"] = ",".join(f"{name}={address}" for name, address in services.items())
+    runs = argo.submit(template, parameters)
+
+    assert [r.task for r in runs].count("predict") == config.composition.shards
+    store = s3_root.below(f"argo/{execution}")
+    expected = _objects(local_store)
+    assert _objects(store).keys() == expected.keys()
+    for key, data in _objects(store).items():
+        if key.endswith(".parquet") and data != expected[key]:  # ONNX thread counts differ: floats to 1e-6
+            pd.testing.assert_frame_equal(store.get_table(key).to_pandas(), local_store.get_table(key).to_pandas(),
+                                          check_dtype=False, atol=1e-6, obj=key)
+        else:
+            assert data == expected[key], key
+    for name in ("funnel.json", "candidates.csv", "structure_candidates.csv"):
+        key = f"{report_prefix(config)}/{name}"
+        assert store.get_bytes(key) == local_store.get_bytes(key), name
