@@ -2,9 +2,10 @@
 
 Every ```` ```python ```` block of a service's README is executed as written, except that the
 documented address ``localhost:50051`` is replaced by the address of a server started here with
-:func:`htvs.grpc.serve.build_servicer` (the resources ``htvs serve NAME`` loads by default: the
-shipped models, the bundled prototype set, CHGNet for dft) and
-:func:`htvs.grpc.server.create_server` on ``127.0.0.1:0``. A block passes when it runs without
+:func:`htvs.grpc.serve.build_servicer` and ``build_stage_servicer`` (what ``htvs serve NAME
+--store DIR`` serves with its default resources: the shipped models, the bundled prototype set,
+CHGNet for dft; a fresh directory store) and :func:`htvs.grpc.server.create_server` on
+``127.0.0.1:0``. A block passes when it runs without
 an exception and, where the README shows what it prints, prints exactly that. The READMEs are
 also checked against the code they describe: every RPC of the service is named, and the row
 limits quoted are the servicers' defaults.
@@ -60,9 +61,10 @@ def _examples() -> list[pytest.param]:
 
 
 @pytest.fixture(scope="module")
-def address() -> Iterator:
-    """``address(name)``: host:port of a started server of service ``name`` (one per module)."""
-    from htvs.grpc.serve import build_servicer
+def address(tmp_path_factory) -> Iterator:
+    """``address(name)``: host:port of a started server of service ``name`` (one per module),
+    serving what ``htvs serve NAME --store DIR`` serves: its service and StageService."""
+    from htvs.grpc.serve import build_servicer, build_stage_servicer
     from htvs.grpc.server import create_server
 
     started: dict[str, tuple[object, object, str]] = {}
@@ -70,7 +72,9 @@ def address() -> Iterator:
     def get(name: str) -> str:
         if name not in started:
             servicer = build_servicer(name)
-            server, port = create_server("127.0.0.1:0", servicer)
+            store = tmp_path_factory.mktemp(f"{name}-store")
+            stages = build_stage_servicer(name, servicer, str(store))
+            server, port = create_server("127.0.0.1:0", servicer, stages)
             server.start()
             started[name] = (server, servicer, f"127.0.0.1:{port}")
         return started[name][2]
@@ -109,6 +113,7 @@ def test_readmes_name_every_rpc() -> None:
         composition_pb2,
         conductivity_pb2,
         dft_runner_pb2,
+        stage_pb2,
         structure_pb2,
         substitution_pb2,
     )
@@ -125,6 +130,9 @@ def test_readmes_name_every_rpc() -> None:
         assert service.full_name in text, f"services/{name}/README.md does not name {service.full_name}"
         for method in service.methods:
             assert f"`{method.name}`" in text, f"services/{name}/README.md does not document {method.name}"
+    overview = (SERVICES_DIR / "README.md").read_text(encoding="utf-8")
+    for method in stage_pb2.DESCRIPTOR.services_by_name["StageService"].methods:
+        assert f"`{method.name}`" in overview, f"services/README.md does not document StageService.{method.name}"
 
 
 def test_readmes_quote_the_servicers_limits() -> None:
