@@ -88,7 +88,7 @@ IN_PROCESS_PARAMETERS: dict[str, tuple[str | None, str]] = {
     ),
 }
 SERVICES_PARAMETERS: dict[str, tuple[str | None, str]] = {
-    "image": (f"ghcr.io/htvs/htvs-client:{IMAGE_TAG}", "Light image with the htvs CLI (no torch): the thin clients."),
+    "image": (f"ghcr.io/htvs/htvs-light:{IMAGE_TAG}", "Light image with the htvs CLI (no torch): the thin clients."),
     "services": (
         ",".join(f"{name}=htvs-{name}:50051" for name in ("substitution", "composition", "structure",
                                                           "conductivity", "dft")),

@@ -253,7 +253,8 @@ def test_default_install(rendered: dict[str, list[dict]]) -> None:
     assert set(kinds(objects, "PodDisruptionBudget")) == {f"{FULLNAME}-{c}" for c in components}
     for deployment in kinds(objects, "Deployment").values():
         assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
-        assert "ghcr.io/htvs/htvs:" in deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        # the four default services need no torch: the light image
+        assert "ghcr.io/htvs/htvs-light:" in deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert kinds(objects, "ServiceMonitor") == {}
     (minio,) = kinds(objects, "StatefulSet").values()
     assert minio["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
@@ -315,27 +316,44 @@ def test_minimal_values(rendered: dict[str, list[dict]]) -> None:
     assert {"name": "data", "emptyDir": {}} in minio["spec"]["template"]["spec"]["volumes"]
 
 
-def test_workflow_template_is_the_rendered_argo_file(rendered: dict[str, list[dict]]) -> None:
-    """The chart's WorkflowTemplate is argo/campaign.yaml with parameter defaults from values."""
-    (template,) = kinds(rendered["default"], "WorkflowTemplate").values()
-    golden = yaml.safe_load((ROOT / "argo" / "campaign.yaml").read_text())
-    # named per release ("htvs-campaign" for a release named htvs, as argo/campaign.yaml is)
-    assert golden["metadata"]["name"] == "htvs-campaign" and template["metadata"]["name"] == f"{FULLNAME}-campaign"
+@pytest.mark.parametrize(("case", "file_name"), [("default", "campaign-services.yaml"),
+                                               ("in-process", "campaign.yaml")])
+def test_workflow_template_is_the_rendered_argo_file(rendered: dict[str, list[dict]], case: str,
+                                                     file_name: str) -> None:
+    """The chart's WorkflowTemplate is the rendered Argo file of its execution (services by default,
+    as the chart deploys the services) with parameter defaults from values."""
+    (template,) = kinds(rendered[case], "WorkflowTemplate").values()
+    golden = yaml.safe_load((ROOT / "argo" / file_name).read_text())
+    assert template["metadata"]["name"] == f"{FULLNAME}-campaign"
     assert template["spec"]["templates"] == golden["spec"]["templates"]
     assert template["spec"]["volumes"] == golden["spec"]["volumes"]
     parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
+    assert set(parameters) == {p["name"] for p in golden["spec"]["arguments"]["parameters"]}
     assert parameters["store"] == "s3://htvs/campaigns"
     assert parameters["s3-endpoint"] == f"{FULLNAME}-minio:9000"
     assert parameters["s3-secret"] == f"{FULLNAME}-s3"
-    assert parameters["image"] == "ghcr.io/htvs/htvs:0.1.0"
-    assert json.loads(parameters["gpu-node-selector"]) == {"nvidia.com/gpu.present": "true"}
-    assert json.loads(parameters["gpu-tolerations"])[0]["key"] == "nvidia.com/gpu"
+    if case == "default":  # thin clients of the release's Services, on the light image
+        assert parameters["image"] == "ghcr.io/htvs/htvs-light:0.1.0"
+        named = dict(item.split("=") for item in parameters["services"].split(","))
+        services = kinds(rendered[case], "Service")
+        for name, address in named.items():
+            host, port = address.split(":")
+            assert host in services and int(port) == 50051, name
+        assert set(named) == {"substitution", "composition", "structure", "conductivity"}  # dft is opt-in
+    else:
+        assert parameters["image"] == "ghcr.io/htvs/htvs:0.1.0"
+        assert json.loads(parameters["gpu-node-selector"]) == {"nvidia.com/gpu.present": "true"}
+        assert json.loads(parameters["gpu-tolerations"])[0]["key"] == "nvidia.com/gpu"
     assert template["spec"]["serviceAccountName"] == f"{FULLNAME}-workflow"
-    assert template["spec"]["artifactRepositoryRef"]["configMap"] in kinds(rendered["default"], "ConfigMap")
+    assert template["spec"]["artifactRepositoryRef"]["configMap"] in kinds(rendered[case], "ConfigMap")
     assert parameters["config-map"] == f"{FULLNAME}-campaign-config"
+    # the services read and write the bucket the campaigns use
+    for deployment in kinds(rendered[case], "Deployment").values():
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert parameters["store"].startswith(env["HTVS_STORE"] + "/")
     # every object of the release carries the release's name, so a second release in the namespace cannot collide
     for kind in ("WorkflowTemplate", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
-        assert all(name.startswith(FULLNAME) for name in kinds(rendered["default"], kind)), kind
+        assert all(name.startswith(FULLNAME) for name in kinds(rendered[case], kind)), kind
     # and it is still a valid Argo document
     jsonschema = pytest.importorskip("jsonschema")
     with gzip.open(ROOT / "tests" / "data" / "argo" / "argo-workflows-schema.json.gz", "rt") as handle:

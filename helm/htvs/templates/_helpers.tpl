@@ -74,9 +74,11 @@ app.kubernetes.io/part-of: htvs
 {{- default (printf "%s-artifact-repositories" (include "htvs.fullname" .)) .Values.workflowTemplate.artifactRepository.configMap }}
 {{- end }}
 
-{{/* htvs image; pass (dict "root" $ "gpu" true) for the CUDA image. */}}
+{{/* htvs image; pass (dict "root" $ "gpu" true) for the CUDA image, "light" true for the image without torch. */}}
 {{- define "htvs.image" -}}
-{{- $repository := ternary .root.Values.image.gpuRepository .root.Values.image.repository (default false .gpu) }}
+{{- $repository := .root.Values.image.repository }}
+{{- if .light }}{{ $repository = .root.Values.image.lightRepository }}{{ end }}
+{{- if .gpu }}{{ $repository = .root.Values.image.gpuRepository }}{{ end }}
 {{- printf "%s:%s" $repository (default .root.Chart.AppVersion .root.Values.image.tag) }}
 {{- end }}
 
