@@ -17,6 +17,7 @@ import grpc
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import conductivity_pb2 as pb
 from htvs.grpc.gen import conductivity_pb2_grpc as pb_grpc
 from htvs.grpc.gen import structure_pb2 as spb
@@ -147,9 +148,9 @@ def test_server_atom_limit_applies_without_max_atoms(stub, servicer) -> None:
         ({"structures": [as_json("x", li2o()), as_json("", li2o())]}, "structures[1] has no id"),
         ({"structures": [as_json("x", li2o())], "max_atoms": 0}, "got 0"),
         ({"structures": [as_json("x", li2o())], "max_atoms": 100_000}, "got 100000"),
-        ({"structures": [as_json("x", li2o())], "store_key": "k/1"}, "'k/1'"),
+        ({"structures": [as_json("x", li2o())], "input": common_pb2.StoreInput(key="k/1")}, "or input, not both"),
     ],
-    ids=["empty", "too-many", "no-id", "max-atoms-0", "max-atoms-above-server", "store-key"],
+    ids=["empty", "too-many", "no-id", "max-atoms-0", "max-atoms-above-server", "inline-and-store"],
 )
 def test_bad_requests_are_invalid_argument(stub, fields, named) -> None:
     with pytest.raises(grpc.RpcError) as info:

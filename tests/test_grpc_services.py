@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from htvs.composition import predict_compositions
 from htvs.composition.predictor import OnnxRoostEnsemble
 from htvs.grpc.composition_service import CompositionServicer
+from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import composition_pb2 as cpb
 from htvs.grpc.gen import composition_pb2_grpc as cpb_grpc
 from htvs.grpc.gen import substitution_pb2 as spb
@@ -221,7 +222,6 @@ def test_the_row_error_record_has_the_fields_of_the_message() -> None:
     from dataclasses import fields
 
     from htvs.errors import RowError
-    from htvs.grpc.gen import common_pb2
 
     assert [f.name for f in fields(RowError)] == list(common_pb2.RowError.DESCRIPTOR.fields_by_name)
 
@@ -235,7 +235,7 @@ def _bad_requests():
     return [
         ("composition", "Predict", cpb.PredictRequest(), "empty"),
         ("composition", "Predict", cpb.PredictRequest(formulas=["LiF"] * (MAX_ROWS + 1)), f"{MAX_ROWS + 1} rows"),
-        ("composition", "Predict", cpb.PredictRequest(formulas=["LiF"], store_key="runs/x.parquet"), "'runs/x.parquet'"),
+        ("composition", "Predict", cpb.PredictRequest(formulas=["LiF"], input=common_pb2.StoreInput(key="runs/x.parquet")), "or input, not both"),
         ("composition", "Screen", cpb.ScreenRequest(predictions=[good], thresholds=cpb.ScreenThresholds(min_phi_ox_v=math.nan)), "min_phi_ox_v must be a finite number, got nan"),
         ("composition", "Screen", cpb.ScreenRequest(predictions=[good, negative_std]), "e_form_std must be >= 0 eV/atom, got -0.25"),
         ("composition", "Screen", cpb.ScreenRequest(predictions=[cpb.Prediction(formula="LiF")]), "'LiF') has no e_form_mean"),

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pymatgen.core import Composition, Structure
 
 from htvs.errors import InvalidInput
+from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import structure_pb2 as pb
 from htvs.grpc.gen import structure_pb2_grpc as pb_grpc
 from htvs.grpc.gen import substitution_pb2 as spb
@@ -177,11 +178,12 @@ def _disordered() -> pb.StructureData:
         (_materialize(prototypes=[_disordered()]), "INVALID_ARGUMENT", "disordered"),
         (_materialize(prototypes=[pb.StructureData(id="a", pymatgen_json="{")] ), "INVALID_ARGUMENT", "invalid JSON"),
         (_materialize(prototypes=[pb.StructureData(id="a")]), "INVALID_ARGUMENT", "neither cif nor pymatgen_json"),
-        (_materialize(prototype_set="toy", store_key="s3://b/k"), "INVALID_ARGUMENT", "'s3://b/k'"),
+        (_materialize(prototype_set="toy", input=common_pb2.StoreInput(key="s3/k")), "INVALID_ARGUMENT",
+         "inline (substitutions) or input, not both"),
         (_materialize(prototype_set="toy", output_format=7), "INVALID_ARGUMENT", "output_format 7"),
     ],
     ids=["empty", "too-many", "no-prototypes", "both", "unknown-set", "bad-cif", "disordered", "bad-json",
-         "no-content", "store-key", "bad-format"],  # fmt: skip
+         "no-content", "inline-and-store", "bad-format"],  # fmt: skip
 )
 def test_materialize_refuses_bad_requests_naming_the_value(stub, request_message, code, named) -> None:
     with pytest.raises(grpc.RpcError) as info:

@@ -3,7 +3,7 @@
 Which errors are per row and which refuse the whole request:
 
 * Whole request (INVALID_ARGUMENT, nothing computed): an empty batch, a batch above
-  ``max_batch_rows``, a non-empty ``store_key``, bad thresholds (NaN, negative band gap...),
+  ``max_batch_rows``, inline rows together with a store ``input``, bad thresholds (NaN, negative band gap...),
   and in Screen a predicted row whose numbers are not usable (unset, non-finite, negative std or
   band gap): those come from a broken producer, not from the chemistry.
 * Per row (a ``RowError`` on the row, status OK, the other rows computed): a formula the models
@@ -28,6 +28,7 @@ from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import composition_pb2 as pb
 from htvs.grpc.gen import composition_pb2_grpc as pb_grpc
 from htvs.grpc.server import check_batch, report_rows
+from htvs.grpc.store_io import stored_batch
 from htvs.screening import PREDICTION_COLUMNS, CompositionScreenConfig, screen_compositions
 from htvs.thermo import HullResult, ReferenceHull, WindowResult, e_above_hull_many, electrochemical_windows
 
@@ -107,6 +108,8 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
     """
 
     service_name = pb.DESCRIPTOR.services_by_name["CompositionService"].full_name
+    #: The server's store, for batch calls whose rows come from it (``input``); set by ``serve``.
+    store = None
 
     def __init__(
         self,
@@ -138,6 +141,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
+    @stored_batch("formulas", ("rows",), pb.PredictResponse)
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
         self._check_batch(request, len(request.formulas), "formulas")
         ef_model, gap_model = self._models()
@@ -161,6 +165,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         report_rows(len(frame), n_errors)
         return response
 
+    @stored_batch("predictions", ("rows",), pb.ScreenResponse)
     def Screen(self, request: pb.ScreenRequest, context) -> pb.ScreenResponse:
         self._check_batch(request, len(request.predictions), "predictions")
         config = screen_config_from_proto(request.thresholds)
@@ -195,6 +200,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         report_rows(len(table), n_errors)
         return response
 
+    @stored_batch("rows", ("rows",), pb.HullResponse)
     def Hull(self, request: pb.HullRequest, context) -> pb.HullResponse:
         self._check_batch(request, len(request.rows), "rows")
         formulas = [q.formula for q in request.rows]
@@ -216,6 +222,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         report_rows(len(results), n_errors)
         return response
 
+    @stored_batch("rows", ("rows",), pb.WindowResponse)
     def Window(self, request: pb.WindowRequest, context) -> pb.WindowResponse:
         self._check_batch(request, len(request.rows), "rows")
         formulas = [q.formula for q in request.rows]

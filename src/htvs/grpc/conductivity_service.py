@@ -4,7 +4,7 @@ Which errors are per row and which refuse the whole request:
 
 * Whole request (INVALID_ARGUMENT, nothing computed): an empty batch, a batch above
   ``max_batch_rows``, a structure without an id, a ``max_atoms`` of 0 or above the server's
-  limit, a non-empty ``store_key``.
+  limit, inline rows together with a store ``input``.
 * Per row (a ``RowError``, status OK, the other rows predicted): what
   :func:`~htvs.conductivity.predict.predict_conductivity` reports per item (malformed CIF, no
   sites, too many sites naming the limit, NaN coordinates, degenerate cell, graph failure), a
@@ -29,6 +29,7 @@ from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import conductivity_pb2 as pb
 from htvs.grpc.gen import conductivity_pb2_grpc as pb_grpc
 from htvs.grpc.server import check_batch, report_rows
+from htvs.grpc.store_io import stored_batch
 from htvs.grpc.structure_service import structure_from_proto
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ class ConductivityServicer(pb_grpc.ConductivityServiceServicer):
     """
 
     service_name = pb.DESCRIPTOR.services_by_name["ConductivityService"].full_name
+    #: The server's store, for batch calls whose rows come from it (``input``); set by ``serve``.
+    store = None
 
     def __init__(
         self,
@@ -125,6 +128,7 @@ class ConductivityServicer(pb_grpc.ConductivityServiceServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
+    @stored_batch("structures", ("rows",), pb.ConductivityPredictResponse)
     def Predict(self, request: pb.ConductivityPredictRequest, context) -> pb.ConductivityPredictResponse:
         self._check_batch(request)
         config = self._request_config(request)

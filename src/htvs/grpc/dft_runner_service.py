@@ -188,6 +188,8 @@ class DFTRunnerServicer(pb_grpc.DFTRunnerServiceServicer):
     """
 
     service_name = pb.DESCRIPTOR.services_by_name["DFTRunnerService"].full_name
+    #: The server's store, for batch calls whose rows come from it (``input``); set by ``serve``.
+    store = None
 
     def __init__(
         self,
@@ -327,16 +329,33 @@ class DFTRunnerServicer(pb_grpc.DFTRunnerServiceServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
+    def _cif_from_store(self, request: pb.SubmitRequest, context) -> str:
+        """The CIF text at ``request.input`` in the server's store."""
+        from htvs.store import store_within, validate_key
+
+        if request.cif:
+            raise InvalidInput("SubmitRequest: send the CIF inline (cif) or input, not both")
+        if self.store is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "Submit: this server has no store; start it with --store URL or HTVS_STORE")
+        key = validate_key(request.input.key)
+        data = store_within(self.store, request.input.store_url).get_bytes(key)
+        if len(data) > MAX_CIF_CHARS:
+            raise InvalidInput(f"input {key!r} has {len(data)} bytes, more than {MAX_CIF_CHARS}")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input {key!r} is not UTF-8 CIF text") from None
+
     def Submit(self, request: pb.SubmitRequest, context) -> pb.SubmitResponse:
-        if request.store_key:
-            raise InvalidInput(
-                f"SubmitRequest.store_key {request.store_key!r}: store keys are not supported yet; send the CIF"
-            )
-        if len(request.cif) > MAX_CIF_CHARS:
-            raise InvalidInput(f"SubmitRequest.cif has {len(request.cif)} characters, more than {MAX_CIF_CHARS}")
+        cif = request.cif
+        if request.HasField("input"):
+            cif = self._cif_from_store(request, context)
+        if len(cif) > MAX_CIF_CHARS:
+            raise InvalidInput(f"SubmitRequest.cif has {len(cif)} characters, more than {MAX_CIF_CHARS}")
         name = request.id or "structure"
         config = config_from_proto(request.settings)
-        structure = structure_from_cif_text(request.cif, name)
+        structure = structure_from_cif_text(cif, name)
         make_supercell(structure, config.supercell)  # refuse an oversized MD cell now, not later
         job = _Job(job_id=uuid.uuid4().hex, id=name, structure=structure, config=config)
         with self._lock:

@@ -181,7 +181,11 @@ def serve(
         from htvs.settings import Settings
 
         store = Settings.from_env().store
-    stages = build_stage_servicer(name, servicer, store, **resources)
+    from htvs.store import open_store
+
+    root = open_store(store) if store else None
+    servicer.store = root  # batch calls with a store input read and write it
+    stages = build_stage_servicer(name, servicer, root, **resources)
     server, bound = create_server(
         f"{host}:{port}",
         servicer,

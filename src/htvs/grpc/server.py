@@ -122,13 +122,10 @@ class ServerMetrics:
 
 
 def check_batch(request, n_rows: int, field: str, max_rows: int) -> None:
-    """Refuse (InvalidInput -> INVALID_ARGUMENT) a batch request that sets ``store_key`` (not
-    supported yet), is empty, or has more than ``max_rows`` rows; messages name the field."""
+    """Refuse (InvalidInput -> INVALID_ARGUMENT) a batch request that is empty or has more than
+    ``max_rows`` rows; messages name the field. (Rows read from the store arrive here in chunks
+    of at most ``max_rows``: see :mod:`htvs.grpc.store_io`.)"""
     kind = type(request).__name__
-    if request.store_key:
-        raise InvalidInput(
-            f"{kind}.store_key {request.store_key!r}: store keys are not supported yet; send rows inline"
-        )
     if n_rows == 0:
         raise InvalidInput(f"{kind}.{field} is empty; send 1 to {max_rows} rows")
     if n_rows > max_rows:

@@ -3,7 +3,7 @@
 Which errors are per row and which refuse the whole request:
 
 * Whole request (INVALID_ARGUMENT, nothing computed): an empty batch, a batch above
-  ``max_batch_rows``, a non-empty ``store_key``, in Materialize both or neither of inline
+  ``max_batch_rows``, inline rows together with a store ``input``, in Materialize both or neither of inline
   prototypes and ``prototype_set``, an inline prototype that cannot be read or is disordered, or
   two inline prototypes with one id; in Deduplicate a bad tolerance. An unknown
   ``prototype_set`` is NOT_FOUND.
@@ -35,6 +35,7 @@ from htvs.grpc.gen import structure_pb2 as pb
 from htvs.grpc.gen import structure_pb2_grpc as pb_grpc
 from htvs.grpc.gen import substitution_pb2
 from htvs.grpc.server import check_batch, report_rows
+from htvs.grpc.store_io import stored_batch
 from htvs.prototypes.records import Prototype, PrototypeSet
 from htvs.structures import (
     DedupeConfig,
@@ -202,6 +203,8 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
     """
 
     service_name = pb.DESCRIPTOR.services_by_name["StructureService"].full_name
+    #: The server's store, for batch calls whose rows come from it (``input``); set by ``serve``.
+    store = None
 
     def __init__(
         self,
@@ -244,6 +247,7 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
+    @stored_batch("substitutions", ("rows",), pb.MaterializeResponse)
     def Materialize(self, request: pb.MaterializeRequest, context) -> pb.MaterializeResponse:
         self._check_batch(request, len(request.substitutions), "substitutions")
         config = materialize_config_from_proto(request.options)
@@ -279,6 +283,8 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
         report_rows(len(results), n_errors)
         return response
 
+    @stored_batch("structures", ("unique_ids", "unique", "duplicates", "refused"), pb.DeduplicateResponse,
+                  rowwise=False)
     def Deduplicate(self, request: pb.DeduplicateRequest, context) -> pb.DeduplicateResponse:
         self._check_batch(request, len(request.structures), "structures")
         config = dedupe_config_from_proto(request.options)

@@ -18,6 +18,7 @@ from htvs.errors import DataNotFound, InvalidInput
 from htvs.grpc.gen import substitution_pb2 as pb
 from htvs.grpc.gen import substitution_pb2_grpc as pb_grpc
 from htvs.grpc.server import report_rows
+from htvs.grpc.store_io import stored_batch
 from htvs.prototypes.records import PrototypeSet
 from htvs.substitution import (
     SitePattern,
@@ -132,6 +133,8 @@ class SubstitutionServicer(pb_grpc.SubstitutionServiceServicer):
     """
 
     service_name = pb.DESCRIPTOR.services_by_name["SubstitutionService"].full_name
+    #: The server's store, for batch calls whose rows come from it (``input``); set by ``serve``.
+    store = None
 
     def __init__(
         self,
@@ -175,11 +178,8 @@ class SubstitutionServicer(pb_grpc.SubstitutionServiceServicer):
             skipped=[pb.SkippedInput(name=s.name, reason=s.reason) for s in skipped],
         )
 
+    @stored_batch("prototypes", ("formulas", "substitutions"), pb.SubstituteResponse, rowwise=False)
     def Substitute(self, request: pb.SubstituteRequest, context) -> pb.SubstituteResponse:
-        if request.store_key:
-            raise InvalidInput(
-                f"store_key {request.store_key!r}: store keys are not supported yet; send the prototypes inline"
-            )
         n_inline = len(request.prototypes)
         if request.prototype_set and n_inline:
             raise InvalidInput(f"give prototypes or prototype_set {request.prototype_set!r}, not both")
