@@ -180,6 +180,17 @@ def build_part(
     return out
 
 
+def _worker_context():
+    """Workers forked from a forkserver, not from this process: forking a process that runs other
+    threads (a gRPC server's handlers, a progress bar) can leave a lock held in the child. The
+    forkserver imports this module once, so each worker starts without re-importing pymatgen."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def build_structures(
     prototypes: Mapping[str, Prototype],
     rows: pd.DataFrame,
@@ -227,7 +238,7 @@ def build_structures(
             keep(k, build_part(needed, positions, part, mc, dc, cache))
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_init_worker,
-                                 initargs=(needed,)) as pool:
+                                 initargs=(needed,), mp_context=_worker_context()) as pool:
             futures = {pool.submit(_run_part, task): k for k, task in tasks.items()}
             for future in as_completed(futures):  # parts kept as they finish, in any order
                 keep(futures[future], future.result())
