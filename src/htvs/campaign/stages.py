@@ -70,7 +70,7 @@ class InProcessBackend:
 
     def conductivity(self, items: list[tuple[str, object]], config: CampaignConfig) -> list:
         """Stage 6 on ``(id, Structure or CIF text)`` items: ConductivityPrediction or
-        ConductivityError each."""
+        htvs.errors.RowError each."""
         from htvs.conductivity.predict import ConductivityConfig, load_ensemble, predict_conductivity
 
         if self._conductivity is None:
@@ -93,28 +93,22 @@ class InProcessBackend:
 
 def model_versions(config: CampaignConfig) -> dict[str, str]:
     """sha256 of each composition model card: part of the predict step's cache key."""
-    import hashlib
-
     from htvs.composition.ship import shipped_model_dir
+    from htvs.model_cards import card_sha256
 
-    out = {}
-    for target, folder in (
-        ("e_form", config.composition.e_form_models),
-        ("band_gap", config.composition.band_gap_models),
-    ):
-        card = (folder or shipped_model_dir(target)) / "model_card.json"
-        out[target] = hashlib.sha256(card.read_bytes()).hexdigest() if card.is_file() else "missing"
-    return out
+    return {
+        target: card_sha256(folder or shipped_model_dir(target))
+        for target, folder in (("e_form", config.composition.e_form_models),
+                               ("band_gap", config.composition.band_gap_models))
+    }
 
 
 def conductivity_model_version(config: CampaignConfig) -> dict[str, str]:
     """sha256 of the conductivity model card: part of stage 6's cache key."""
-    import hashlib
+    from htvs.conductivity.predict import default_model_dir
+    from htvs.model_cards import card_sha256
 
-    from htvs.conductivity.predict import CARD_NAME, default_model_dir
-
-    card = (config.conductivity.models or default_model_dir()) / CARD_NAME
-    return {"conductivity": hashlib.sha256(card.read_bytes()).hexdigest() if card.is_file() else "missing"}
+    return {"conductivity": card_sha256(config.conductivity.models or default_model_dir())}
 
 
 def run_prototypes(store: ArtifactStore, config: CampaignConfig, progress=None) -> StageManifest:
@@ -414,7 +408,7 @@ def run_conductivity(
             "log10_sigma_mean": [r.log10_sigma_mean if good else np.nan for r, good in zip(records, ok)],
             "log10_sigma_std": [r.log10_sigma_std if good else np.nan for r, good in zip(records, ok)],
             "p_superionic": [r.p_superionic if good else np.nan for r, good in zip(records, ok)],
-            "error": [None if good else r.error for r, good in zip(records, ok)],
+            "error": [None if good else r.message for r, good in zip(records, ok)],
         })
 
     def step(store: ArtifactStore, prefix: str):

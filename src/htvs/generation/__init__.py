@@ -9,7 +9,6 @@ from __future__ import annotations
 __all__ = [
     "GeneratedStructure",
     "GenerationConfig",
-    "GenerationError",
     "Generator",
     "generate_structures",
     "load_generator",

@@ -65,11 +65,6 @@ class GeneratedStructure:
         return f"{self.num_atoms} atoms, V = {self.volume_a3:.2f} Å^3"
 
 
-#: The README's name for stage 5's per-row error record: :class:`htvs.errors.RowError`
-#: (``index``: the formula's position, ``value``: the formula).
-GenerationError = RowError
-
-
 @dataclass(frozen=True)
 class Generator:
     """A loaded generator: EMA denoiser, schedule, model card and the trained atomic numbers."""
