@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,11 +33,20 @@ def _stderr() -> Console:
 
 @contextmanager
 def _clear_errors() -> Iterator[None]:
-    """Turn project errors into one readable line on stderr and exit status 2."""
+    """Turn project errors, and a module of an extra that is not installed, into one readable
+    line on stderr and exit status 2."""
     try:
         yield
     except HTVSError as exc:
-        _stderr().print(f"[bold red]error:[/] {exc}", highlight=False)
+        _stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except ModuleNotFoundError as exc:
+        from htvs.extras import extra_for, missing_extra_message
+
+        extra = extra_for(exc)
+        if extra is None:
+            raise
+        _stderr().print(f"[bold red]error:[/] {escape(missing_extra_message(exc.name, extra))}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 

@@ -145,9 +145,9 @@ def train_conductivity(
 ) -> None:
     """Train (or resume) the conductivity GNN ensemble on the OBELiX train split; score it, the
     train-set mean and a random forest on the OBELiX test split in the same run."""
-    from htvs.conductivity.train import ConductivityTrainConfig, train_ensemble
-
     with _clear_errors():
+        from htvs.conductivity.train import ConductivityTrainConfig, train_ensemble
+
         config = ConductivityTrainConfig(n_models=n_models, max_epochs=max_epochs, patience=patience,
                                          val_grouping=val_grouping, structure_dropout=structure_dropout,
                                          seed=seed, threads=threads)

@@ -46,8 +46,9 @@ ClientFactory = Callable[[str], MaterialsProjectClient]
 
 def default_client_factory(api_key: str) -> MaterialsProjectClient:
     """An ``MPRester`` returning plain dicts (no document-model validation), bars muted."""
-    from mp_api.client import MPRester
+    from htvs.extras import require_extra
 
+    MPRester = require_extra("mp_api.client", "mp", "the live Materials Project source 'mp'").MPRester
     return MPRester(api_key=api_key, use_document_model=False, mute_progress_bars=True)
 
 

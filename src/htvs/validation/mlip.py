@@ -29,10 +29,9 @@ _WEIGHTS = "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar"
 
 def weights_path() -> Path:
     """The CHGNet 0.3.0 weights inside the installed ``chgnet`` package."""
-    try:
-        import chgnet
-    except ImportError as exc:
-        raise ModelNotReady("the mlip backend needs the chgnet package (pip install chgnet)") from exc
+    from htvs.extras import require_extra
+
+    chgnet = require_extra("chgnet", "validate", "the mlip backend (CHGNet)")
     path = Path(chgnet.__file__).resolve().parent / _WEIGHTS
     if not path.is_file():
         raise ModelNotReady(f"CHGNet {MODEL_VERSION} weights not found at {path}; reinstall chgnet")
@@ -112,6 +111,9 @@ class MlipBackend:
     name = "mlip"
 
     def __init__(self, model=None, device: str | None = None, threads: int | None = 1) -> None:
+        from htvs.extras import require_extra
+
+        require_extra("chgnet", "validate", "the mlip backend (CHGNet)")  # torch comes with it
         if threads is not None:
             import torch
 
