@@ -41,6 +41,26 @@ def data_path(relative: str) -> Path:
     return path
 
 
+@functools.cache
+def element_embedding_table(name: str = "matscholar200") -> dict[str, list[float]]:
+    """Element symbol -> vector of aviary's element embedding ``name`` (read-only, cached).
+
+    matscholar200, the one the shipped models use, is bundled (``data/embeddings/``) so that
+    serving the composition and conductivity models needs neither aviary nor torch; any other
+    name is read from the installed aviary package (the ``train`` extra).
+    """
+    bundled = Path(str(resources.files("htvs") / "data" / "embeddings" / f"{name}.json.gz"))
+    if bundled.is_file():
+        with gzip.open(bundled, "rt", encoding="utf-8") as handle:
+            return json.load(handle)
+    from htvs.extras import require_extra
+
+    aviary = require_extra("aviary", "train", f"the {name} element embedding")
+    path = resources.files(aviary) / "embeddings" / "element" / f"{name}.json"
+    with path.open("r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 _TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
 
 

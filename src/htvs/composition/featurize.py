@@ -9,12 +9,10 @@ Bad rows never raise: they come back as :class:`~htvs.errors.RowError` with the 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 
@@ -32,10 +30,9 @@ def embedding_elements(name: str = "matscholar200") -> dict[str, int]:
     """Element symbol -> atomic number for the elements that have a row in aviary's embedding."""
     from pymatgen.core import Element
 
-    path = resources.files("aviary") / "embeddings" / "element" / f"{name}.json"
-    with path.open("r", encoding="utf-8") as handle:
-        symbols = json.load(handle).keys()
-    return {s: Element(s).Z for s in symbols}
+    from htvs.datasets import element_embedding_table
+
+    return {s: Element(s).Z for s in element_embedding_table(name)}
 
 
 @dataclass(frozen=True)

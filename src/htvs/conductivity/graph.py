@@ -10,10 +10,8 @@ built either from a structure or, for entries without a CIF, from the OBELiX tab
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import asdict, dataclass
-from importlib import resources
 
 import numpy as np
 
@@ -78,9 +76,9 @@ def element_embedding() -> np.ndarray:
     """(MAX_Z + 1, 200) matscholar200 vectors by atomic number; zero rows for missing elements."""
     from pymatgen.core import Element
 
-    path = resources.files("aviary") / "embeddings" / "element" / "matscholar200.json"
-    with path.open("r", encoding="utf-8") as handle:
-        table = json.load(handle)
+    from htvs.datasets import element_embedding_table
+
+    table = element_embedding_table("matscholar200")
     out = np.zeros((MAX_Z + 1, 200), dtype=np.float32)
     for symbol, vector in table.items():
         z = Element(symbol).Z
