@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	# the CPU build of torch first (on disk on the dev machines); a bare range would pull CUDA
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[all,codegen,test]'
 	$(BIN)/python -m htvs.grpc.codegen
 	touch $(STAMP)
 
