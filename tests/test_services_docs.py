@@ -4,11 +4,12 @@ Every ```` ```python ```` block of a service's README is executed as written, ex
 documented address ``localhost:50051`` is replaced by the address of a server started here with
 :func:`htvs.grpc.serve.build_servicer` and ``build_stage_servicer`` (what ``htvs serve NAME
 --store DIR`` serves with its default resources: the shipped models, the bundled prototype set,
-CHGNet for dft; a fresh directory store) and :func:`htvs.grpc.server.create_server` on
-``127.0.0.1:0``. A block passes when it runs without
-an exception and, where the README shows what it prints, prints exactly that. The READMEs are
-also checked against the code they describe: every RPC of the service is named, and the row
-limits quoted are the servicers' defaults.
+CHGNet for dft; a fresh directory store, which the batch RPCs read their ``input`` from and
+write their ``output`` to) and :func:`htvs.grpc.server.create_server` on ``127.0.0.1:0``, and
+the documented store directory ``/srv/htvs-store`` is replaced by that server's store directory.
+A block passes when it runs without an exception and, where the README shows what it prints,
+prints exactly that. The READMEs are also checked against the code they describe: every RPC of
+the service is named, and the row limits quoted are the servicers' defaults.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ SERVICES_DIR = ROOT / "services"
 NAMES = ("substitution", "composition", "structure", "conductivity", "dft")
 #: The address the examples are written against.
 DOC_ADDRESS = "localhost:50051"
+#: The server's store directory the examples are written against (``htvs serve NAME --store``).
+DOC_STORE = "/srv/htvs-store"
 _PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```\n", re.MULTILINE | re.DOTALL)
 #: ``prints ...`` and a ```` ```text ```` block right after an example: its exact output.
 _PRINTS = re.compile(r"\nprints[^\n]*\n\n```text\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -66,21 +69,24 @@ def address(tmp_path_factory) -> Iterator:
     serving what ``htvs serve NAME --store DIR`` serves: its service and StageService."""
     from htvs.grpc.serve import build_servicer, build_stage_servicer
     from htvs.grpc.server import create_server
+    from htvs.store import open_store
 
-    started: dict[str, tuple[object, object, str]] = {}
+    started: dict[str, tuple[object, object, str, str]] = {}
 
-    def get(name: str) -> str:
+    def get(name: str) -> tuple[str, str]:
+        """(address, store directory) of the server of ``name``."""
         if name not in started:
             servicer = build_servicer(name)
             store = tmp_path_factory.mktemp(f"{name}-store")
+            servicer.store = open_store(store)  # as serve() does: batch calls with an input use it
             stages = build_stage_servicer(name, servicer, str(store))
             server, port = create_server("127.0.0.1:0", servicer, stages)
             server.start()
-            started[name] = (server, servicer, f"127.0.0.1:{port}")
-        return started[name][2]
+            started[name] = (server, servicer, f"127.0.0.1:{port}", str(store))
+        return started[name][2], started[name][3]
 
     yield get
-    for server, servicer, _ in started.values():
+    for server, servicer, _, _ in started.values():
         server.stop(None).wait()
         if hasattr(servicer, "shutdown"):
             servicer.shutdown(timeout=5)
@@ -92,13 +98,16 @@ def test_every_service_has_a_readme_with_an_example() -> None:
         assert python_blocks(name), f"services/{name}/README.md has no python example"
         assert f"({name}/README.md)" in overview, f"services/README.md does not link {name}/README.md"
         assert DOC_ADDRESS in readme(name), f"services/{name}/README.md does not use {DOC_ADDRESS}"
+    # the batch RPCs' store input is shown on a store the test serves
+    assert DOC_STORE in readme("composition"), f"services/composition/README.md does not use {DOC_STORE}"
 
 
 @pytest.mark.parametrize(("name", "index"), _examples())
 def test_readme_example_runs(name: str, index: int, address) -> None:
     code, expected = examples(name)[index]
     assert DOC_ADDRESS in code, f"example {index} of services/{name}/README.md names no server address"
-    code = code.replace(DOC_ADDRESS, address(name))
+    where, store = address(name)
+    code = code.replace(DOC_ADDRESS, where).replace(DOC_STORE, store)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, f"services/{name}/README.md (python block {index})", "exec"), {"__name__": "__main__"})
