@@ -84,6 +84,7 @@ def test_predict_and_screen_from_the_store_equal_the_inline_answers(servers, sto
     for got, want in zip(stored, inline):
         if want.HasField("error"):
             assert got["error"]["message"] == want.error.message and got["e_form_mean"] is None  # unset: null
+            assert got["error"]["index"] == FORMULAS.index(got["formula"])  # the row in the table, not the chunk
         else:
             assert got["e_form_mean"] == pytest.approx(want.e_form_mean)
     assert len(answer.models) == 2  # the summary keeps the models of the first chunk, once
@@ -170,3 +171,30 @@ def test_a_server_without_a_store_says_so() -> None:
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION and "--store" in err.value.details()
     finally:
         server.stop(0)
+
+
+def test_chunked_counts_add_up_and_descriptions_do_not(store) -> None:
+    """Three structures one per call: the counts are summed, the model count and the atom limit
+    stay what one call reports."""
+    from htvs.conductivity.predict import load_ensemble
+    from htvs.grpc.conductivity_service import ConductivityServicer
+    from htvs.grpc.gen import conductivity_pb2 as pb
+    from htvs.grpc.gen import conductivity_pb2_grpc as pb_grpc
+
+    servicer = ConductivityServicer(load_ensemble(), max_batch_rows=1)
+    servicer.store = store
+    server, port = create_server("127.0.0.1:0", servicer)
+    server.start()
+    cif = (CIF_DIR / "LiZnPS4.cif").read_text()
+    store.put_table("inputs/three.parquet", pa.table({"id": ["a", "b", "c"], "cif": [cif, "junk", cif]}))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ConductivityServiceStub(channel)
+            one = stub.Predict(pb.ConductivityPredictRequest(structures=[spb.StructureData(id="a", cif=cif)]), timeout=60)
+            answer = stub.Predict(pb.ConductivityPredictRequest(input=_ref("inputs/three.parquet")), timeout=60)
+    finally:
+        server.stop(0)
+    assert (answer.n_predicted, answer.n_errors) == (2, 1)
+    assert (answer.n_models, answer.max_atoms) == (one.n_models, one.max_atoms)
+    rows = store.get_table(answer.output.keys["rows"]).to_pylist()
+    assert rows[1]["error"]["index"] == 1 and rows[0]["error"] is None

@@ -165,7 +165,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         report_rows(len(frame), n_errors)
         return response
 
-    @stored_batch("predictions", ("rows",), pb.ScreenResponse)
+    @stored_batch("predictions", ("rows",), pb.ScreenResponse, summed=("funnel",))
     def Screen(self, request: pb.ScreenRequest, context) -> pb.ScreenResponse:
         self._check_batch(request, len(request.predictions), "predictions")
         config = screen_config_from_proto(request.thresholds)

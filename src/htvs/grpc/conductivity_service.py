@@ -128,7 +128,7 @@ class ConductivityServicer(pb_grpc.ConductivityServiceServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
-    @stored_batch("structures", ("rows",), pb.ConductivityPredictResponse)
+    @stored_batch("structures", ("rows",), pb.ConductivityPredictResponse, summed=("n_predicted", "n_errors"))
     def Predict(self, request: pb.ConductivityPredictRequest, context) -> pb.ConductivityPredictResponse:
         self._check_batch(request)
         config = self._request_config(request)

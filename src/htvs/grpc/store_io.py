@@ -83,32 +83,41 @@ def table_rows(table, field: FieldDescriptor, key: str) -> list[Any]:
     return [_clean(row) for row in table.select(columns).to_pylist()]
 
 
-def _merge(total: Message, part: Message, rows: tuple[str, ...]) -> None:
-    """Fold ``part`` (one chunk's answer) into ``total``: integer counts add up, other fields keep
-    the first chunk's value; the row lists are collected by the caller."""
+_INTEGERS = (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT32,
+             FieldDescriptor.CPPTYPE_UINT64)
+
+
+def _add_counts(total: Message, part: Message) -> None:
+    """``total += part`` for every integer field of a counts message (nested ones too)."""
     for field in part.DESCRIPTOR.fields:
-        if field.name in rows:
-            continue
-        if _is_repeated(field):
-            if not len(getattr(total, field.name)):
-                getattr(total, field.name).extend(getattr(part, field.name))
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if part.HasField(field.name):
-                _merge(getattr(total, field.name), getattr(part, field.name), ())
-        elif field.cpp_type in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64,
-                                FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64):
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not _is_repeated(field):
+            _add_counts(getattr(total, field.name), getattr(part, field.name))
+        elif field.cpp_type in _INTEGERS and not _is_repeated(field):
             setattr(total, field.name, getattr(total, field.name) + getattr(part, field.name))
-        elif not getattr(total, field.name):
-            setattr(total, field.name, getattr(part, field.name))
 
 
-def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Message], *, rowwise: bool = True):
+def _merge(total: Message, part: Message, summed: tuple[str, ...]) -> None:
+    """Fold ``part`` (one later chunk's answer) into ``total`` (the first chunk's, row lists
+    cleared): the ``summed`` fields (counts, or messages of counts) add up; every other field
+    keeps the first chunk's value (model descriptions, limits applied)."""
+    for name in summed:
+        field = part.DESCRIPTOR.fields_by_name[name]
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            _add_counts(getattr(total, name), getattr(part, name))
+        else:
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
+def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Message], *, rowwise: bool = True,
+                 summed: tuple[str, ...] = ()):
     """Let a batch method take its rows from the store (see the module docstring).
 
     Args:
         rows_field: the request's repeated field of rows.
         outputs: the response's row lists written as tables.
         response: the method's response message class.
+        summed: response fields that are counts over the rows (integers, or messages of
+            integers), added up over the chunks; other fields keep the first chunk's value.
         rowwise: rows are independent, so a large table is processed in chunks of the servicer's
             ``max_batch_rows``; False: one call (the method's own limit applies).
 
@@ -120,7 +129,7 @@ def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Messa
         def wrapper(self, request: Message, context: grpc.ServicerContext) -> Message:
             if not request.HasField("input"):
                 return method(self, request, context)
-            return _from_store(self, method, request, context, rows_field, outputs, response, rowwise)
+            return _from_store(self, method, request, context, rows_field, outputs, response, rowwise, summed)
 
         return wrapper
 
@@ -128,7 +137,7 @@ def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Messa
 
 
 def _from_store(servicer, method, request, context, rows_field: str, outputs: tuple[str, ...], response,
-                rowwise: bool):
+                rowwise: bool, summed: tuple[str, ...]):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -167,14 +176,18 @@ def _from_store(servicer, method, request, context, rows_field: str, outputs: tu
                 raise InvalidInput(f"input {key!r}: rows from {start} do not fit {field.message_type.name if field.message_type else rows_field}: {exc}") from None
             answer = method(servicer, chunk, context)
             for output in outputs:
-                collected[output] += [as_plain(r) if isinstance(r, Message) else r for r in getattr(answer, output)]
+                for row in getattr(answer, output):
+                    plain = as_plain(row) if isinstance(row, Message) else row
+                    if isinstance(plain, dict) and isinstance(plain.get("error"), dict):
+                        plain["error"]["index"] = plain["error"].get("index", 0) + start  # in the table
+                    collected[output].append(plain)
             if total is None:
                 total = response()
                 total.CopyFrom(answer)
                 for output in outputs:
                     total.ClearField(output)
             else:
-                _merge(total, answer, outputs)
+                _merge(total, answer, summed)
         keys, counts = [], {}
         for output in outputs:
             values = collected[output]

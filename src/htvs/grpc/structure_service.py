@@ -247,7 +247,7 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
-    @stored_batch("substitutions", ("rows",), pb.MaterializeResponse)
+    @stored_batch("substitutions", ("rows",), pb.MaterializeResponse, summed=("n_materialized", "n_errors"))
     def Materialize(self, request: pb.MaterializeRequest, context) -> pb.MaterializeResponse:
         self._check_batch(request, len(request.substitutions), "substitutions")
         config = materialize_config_from_proto(request.options)
