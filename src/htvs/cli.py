@@ -407,8 +407,9 @@ def serve(
         None,
         "--prototypes",
         help="Prototype set served by name (substitution, structure; repeatable): 'mp-2018', 'obelix', "
-        "'mp' or a folder (default: bundled, the older name of obelix; add --prototypes mp-2018 for the "
-        "4,320 MP prototypes, about 30 s more at start-up).",
+        "'mp' or a folder. A given list replaces the default (bundled, the older name of obelix): "
+        "--prototypes bundled --prototypes mp-2018 serves both (the 4,320 MP prototypes add about 30 s "
+        "at start-up).",
     ),
     conductivity_models: Path | None = typer.Option(
         None, help="Conductivity ensemble folder with model_card.json (conductivity; default: shipped)."
@@ -416,10 +417,15 @@ def serve(
     dft_workdir: Path | None = typer.Option(
         None, help="dft: folder for the jobs' MD checkpoints (a job submitted again resumes from it)."
     ),
+    store: str | None = typer.Option(
+        None, help="Store of the campaign stages this service runs (htvs.v1.StageService): a directory or "
+        "s3://bucket/prefix; requests may name it or a prefix below it (default: $HTVS_STORE; none: refused).",
+    ),
 ) -> None:
     """Serve a stage over gRPC (htvs.v1) until SIGTERM/SIGINT, then stop gracefully.
 
-    Prints one JSON line on stdout once serving: service, port, metrics_port.
+    Every service also serves htvs.v1.StageService: the campaign stages it hosts, run on data in
+    its store. Prints one JSON line on stdout once serving: service, port, metrics_port.
     """
     import logging
 
@@ -442,7 +448,7 @@ def serve(
 
     with _clear_errors():
         check_service_name(name)
-        run(name, port, metrics_port, host=host, max_workers=max_workers, ready=announce, **resources)
+        run(name, port, metrics_port, host=host, max_workers=max_workers, ready=announce, store=store, **resources)
 
 
 
