@@ -303,9 +303,8 @@ def _relay(progress, step: str, total: int):
 
 def read_prototypes(store: ArtifactStore, key: str) -> dict:
     """The stored prototypes as ``Prototype`` records, by id."""
-    from pymatgen.core import Structure
-
     from htvs.prototypes import Prototype
+    from htvs.prototypes.readers import structure_from_json
 
     text = gzip.decompress(store.get_bytes(key)).decode()
     out = {}
@@ -313,7 +312,7 @@ def read_prototypes(store: ArtifactStore, key: str) -> dict:
         if line.strip():
             row = json.loads(line)
             out[row["id"]] = Prototype.from_structure(
-                row["id"], row["source"], Structure.from_dict(row["structure"]), row.get("provenance")
+                row["id"], row["source"], structure_from_json(row["structure"]), row.get("provenance")
             )
     return out
 

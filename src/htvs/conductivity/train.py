@@ -138,7 +138,7 @@ class Entries:
 def build_graph_cache(cifs, config: GraphConfig, path: Path | None = None, log: Callable[[str], None] = print
                       ) -> dict[str, CrystalGraph]:
     """Graphs of ``cifs`` (``CifText`` records), cached in ``path`` (npz) when given."""
-    from pymatgen.core import Structure
+    from htvs.prototypes.readers import parse_cif
 
     if path is not None and path.exists():
         with np.load(path) as arrays:
@@ -149,7 +149,7 @@ def build_graph_cache(cifs, config: GraphConfig, path: Path | None = None, log: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for cif in cifs:
-            graphs[cif.id] = build_graph(Structure.from_str(cif.text, fmt="cif"), config)
+            graphs[cif.id] = build_graph(parse_cif(cif.text)[0], config)
     log(f"built {len(graphs)} crystal graphs in {time.perf_counter() - start:.0f} s")
     if path is not None:
         arrays: dict[str, np.ndarray] = {"ids": np.array(json.dumps(list(graphs)))}

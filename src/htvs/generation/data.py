@@ -92,12 +92,13 @@ def crystals_from_structures(structures: list) -> CrystalArrays:
 def read_benchmark_csv(path: str | Path) -> CrystalArrays:
     """Parse a CDVAE/DiffCSP benchmark CSV (column ``cif``) into arrays."""
     import pandas as pd
-    from pymatgen.core import Structure
+
+    from htvs.prototypes.readers import parse_cif
 
     frame = pd.read_csv(path)
     if "cif" not in frame.columns:
         raise InvalidInput(f"{path} has no 'cif' column")
-    return crystals_from_structures([Structure.from_str(text, fmt="cif") for text in frame["cif"]])
+    return crystals_from_structures([parse_cif(text)[0] for text in frame["cif"]])
 
 
 def save_crystals(crystals: CrystalArrays, path: str | Path) -> None:

@@ -17,6 +17,7 @@ from pymatgen.core import Structure
 from htvs.errors import InvalidInput, StageFailed
 from htvs.prototypes.collect import Collector
 from htvs.prototypes.filters import PrototypeFilter
+from htvs.prototypes.readers import structure_from_json
 from htvs.prototypes.records import PrototypeSet
 
 API_KEY_VARIABLE = "MP_API_KEY"
@@ -162,7 +163,7 @@ def prototypes_from_summary_docs(
             collector.skip(name, "summary document without structure")
             continue
         try:
-            structure = raw if isinstance(raw, Structure) else Structure.from_dict(raw)
+            structure = raw if isinstance(raw, Structure) else structure_from_json(raw)
         except Exception as e:  # noqa: BLE001 - malformed dicts raise KeyError, TypeError, ...
             collector.skip(name, f"invalid structure: {type(e).__name__}: {e}")
             continue

@@ -9,6 +9,8 @@ from typing import Any
 
 from pymatgen.core import Structure
 
+from htvs.prototypes.readers import structure_from_json
+
 #: Separates the prototype id from the substitution in a structure id.
 ID_SEPARATOR = "|"
 
@@ -61,7 +63,7 @@ class MaterializedStructure:
             prototype_id=str(data["prototype_id"]),
             substitution=tuple((str(a), str(b)) for a, b in data["substitution"]),
             volume_scale=float(data["volume_scale"]),
-            structure=Structure.from_dict(data["structure"]),
+            structure=structure_from_json(data["structure"]),
         )
 
     @classmethod

@@ -19,6 +19,7 @@ from pymatgen.core import Structure
 
 from htvs.atomic import write_json_atomic
 from htvs.errors import InvalidInput
+from htvs.prototypes.readers import structure_from_json
 from htvs.thermo import ReferenceHull
 from htvs.validation.backends import Backend
 from htvs.validation.config import ValidationConfig
@@ -74,7 +75,7 @@ def _relax_or_resume(
                 "settings; use another --workdir or empty it"
             )
         return RelaxResult(
-            structure=Structure.from_dict(saved["structure"]),
+            structure=structure_from_json(saved["structure"]),
             energy_ev=float(saved["energy_ev"]),
             converged=bool(saved["converged"]),
             n_steps=int(saved["n_steps"]),
