@@ -60,6 +60,8 @@ class Stage:
         sharded: runs as a fan-out over ``composition.shards`` shards.
         run: the in-process runner: ``run(context) -> manifest`` (a tuple for a sharded stage).
         reports_funnel: whether its funnel counts are reported for a config.
+        exported: outputs copied to a campaign's ``--out`` folder under their file names (a
+            sharded stage's tables concatenated).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Stage:
     run: Callable[[RunContext], Any]
     sharded: bool = False
     reports_funnel: Callable[[CampaignConfig], bool] = lambda config: True
+    exported: tuple[str, ...] = ()
 
 
 def output_key(manifest: StageManifest, stage: str, output: str) -> str:
@@ -165,26 +168,28 @@ STAGES: tuple[Stage, ...] = (
     Stage("substitute", "stage 1: elemental substitution -> substitutions and unique formulas",
           ("prototypes",), {"substitutions": "substitutions.parquet", "formulas": "formulas.parquet",
                             "prototype_table": "prototypes.parquet"}, "substitution",
-          ("substitutions", "unique_formulas"), "substitutions", "substitution", _CPU2, _substitute),
+          ("substitutions", "unique_formulas"), "substitutions", "substitution", _CPU2, _substitute,
+          exported=("substitutions", "formulas", "prototype_table")),
     Stage("predict", "stage 2: Roost ensembles -> E_f and band gap per formula (sharded)",
           ("substitute",), {"predictions": "predictions.parquet"}, "composition",
-          (), "formulas", "composition", replace(_CPU2, gpus=1), _predict, sharded=True),
+          (), "formulas", "composition", replace(_CPU2, gpus=1), _predict, sharded=True, exported=("predictions",)),
     Stage("screen", "stage 3: E_f, E_hull, band gap and Li-window filters",
           ("predict",), {"screen": "screen.parquet", "funnel": "funnel.json"}, "screening",
           ("predicted", "e_form_and_hull", "band_gap", "oxidation_window"), "formulas", "composition",
-          _CPU2, _screen),
+          _CPU2, _screen, exported=("screen",)),
     Stage("structures", "stage 4: materialize the survivors' structures and deduplicate them",
           ("prototypes", "substitute", "screen"), {"structures": "structures.parquet", "errors": "errors.json"},
-          "structures", ("structures", "unique_structures"), "structures", "structure", _CPU2, _structures),
+          "structures", ("structures", "unique_structures"), "structures", "structure", _CPU2, _structures,
+          exported=("structures",)),
     Stage("conductivity", "stage 6: conductivity model on every unique structure -> shortlist",
           ("structures",), {"conductivity": "conductivity.parquet"}, "conductivity",
           ("scored_structures", "superionic_shortlist"), "scored_structures", "conductivity", _CPU2,
-          _conductivity),
+          _conductivity, exported=("conductivity",)),
     Stage("validate", "stage 7: relaxation, stability and MD of the shortlist's top_k",
           ("structures", "conductivity"), {"validation": "validation.parquet", "documents": "validation.json"},
           "validation", ("validated", "validated_stable"), "validated", "dft",
           Resources(cpu_request="4", memory_request="8Gi", memory_limit="32Gi", gpus=1), _validate,
-          reports_funnel=lambda config: config.validation.top_k > 0),
+          reports_funnel=lambda config: config.validation.top_k > 0, exported=("validation", "documents")),
     Stage("report", "funnel.json, candidates.csv and structure_candidates.csv",
           ("prototypes", "substitute", "predict", "screen", "structures", "conductivity", "validate"), {},
           None, (), None, None, Resources(), _report),
@@ -218,4 +223,7 @@ def _check_graph() -> None:
         missing = [n for n in s.needs if n not in seen]
         if missing:
             raise StageFailed(f"stage {s.name!r} needs {missing}, which do not run before it")
+        unknown = sorted(set(s.exported) - set(s.outputs))
+        if unknown:
+            raise StageFailed(f"stage {s.name!r} exports {unknown}, which are not among its outputs")
         seen.add(s.name)

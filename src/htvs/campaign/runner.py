@@ -138,26 +138,19 @@ def run_campaign(
     assert isinstance(results, dict)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    copies = {
-        file_name: output_key(results["substitute"], "substitute", output)
-        for output, file_name in (("substitutions", "substitutions.parquet"), ("formulas", "formulas.parquet"),
-                                  ("prototype_table", "prototypes.parquet"))
-    }
-    copies["screen.parquet"] = output_key(results["screen"], "screen", "screen")
-    copies["structures.parquet"] = output_key(results["structures"], "structures", "structures")
-    copies["conductivity.parquet"] = output_key(results["conductivity"], "conductivity", "conductivity")
-    copies["structure_candidates.csv"] = f"{report_prefix(config)}/structure_candidates.csv"
-    copies["validation.parquet"] = output_key(results["validate"], "validate", "validation")
-    copies["validation.json"] = output_key(results["validate"], "validate", "documents")
-    copies["candidates.csv"] = f"{report_prefix(config)}/candidates.csv"
-    for name, key in copies.items():
-        write_bytes_atomic(out_dir / name, store.get_bytes(key))
-    predictions = pa.concat_tables(
-        [store.get_table(output_key(m, "predict", "predictions")) for m in results["predict"]]
-    )
-    buffer = io.BytesIO()
-    pq.write_table(predictions, buffer, compression="zstd")
-    write_bytes_atomic(out_dir / "predictions.parquet", buffer.getvalue())
+    for current in STAGES:
+        for output in current.exported:
+            file_name = current.outputs[output]
+            if current.sharded:  # the shards' tables, concatenated in shard order
+                tables = [store.get_table(output_key(m, current.name, output)) for m in results[current.name]]
+                buffer = io.BytesIO()
+                pq.write_table(pa.concat_tables(tables), buffer, compression="zstd")
+                write_bytes_atomic(out_dir / file_name, buffer.getvalue())
+            else:
+                write_bytes_atomic(out_dir / file_name,
+                                   store.get_bytes(output_key(results[current.name], current.name, output)))
+    for name in ("candidates.csv", "structure_candidates.csv"):
+        write_bytes_atomic(out_dir / name, store.get_bytes(f"{report_prefix(config)}/{name}"))
     funnel = ordered_funnel(store.get_json(f"{report_prefix(config)}/funnel.json"))
     write_bytes_atomic(out_dir / "funnel.json", (json.dumps(funnel, indent=1) + "\n").encode())
     return funnel
