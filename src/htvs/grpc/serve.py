@@ -90,7 +90,7 @@ def build_servicer(
         from htvs.conductivity.predict import load_ensemble as load_conductivity_ensemble
         from htvs.grpc.conductivity_service import ConductivityServicer
 
-        ensemble = load_conductivity_ensemble(conductivity_models)
+        ensemble = load_conductivity_ensemble(conductivity_models, threads=threads)
         limits = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}
         return ConductivityServicer(ensemble, **limits)
     if name == "dft":
