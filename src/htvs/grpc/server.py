@@ -16,6 +16,7 @@ NOT_SERVING, new calls are refused, calls in flight get the grace period).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -197,24 +198,45 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
 
     def _wrap_stream(self, behavior: Callable[[Any, grpc.ServicerContext], Any], service: str, method: str):
         """The same for a server-streaming method: an error raised while iterating is mapped too."""
-        metrics = self._metrics
 
         def intercepted(request: Any, context: grpc.ServicerContext) -> Any:
-            code = grpc.StatusCode.OK
-            in_flight = metrics.in_flight.labels(service)
-            in_flight.inc()
-            start = time.perf_counter()
-            try:
+            with self._observed(context, service, method, count_rows=False):
                 yield from behavior(request, context)
-            except Exception as exc:  # noqa: BLE001 - every error becomes a status, as in _wrap
-                code = _status_for(exc, context)
-                self._abort(exc, context, service, method)
-            finally:
-                metrics.latency.labels(service, method).observe(time.perf_counter() - start)
-                metrics.requests.labels(service, method, code.name).inc()
-                in_flight.dec()
 
         return intercepted
+
+    def _wrap(self, behavior: Callable[[Any, grpc.ServicerContext], Any], service: str, method: str):
+        def intercepted(request: Any, context: grpc.ServicerContext) -> Any:
+            with self._observed(context, service, method, count_rows=True):
+                return behavior(request, context)
+
+        return intercepted
+
+    @contextlib.contextmanager
+    def _observed(self, context: grpc.ServicerContext, service: str, method: str, count_rows: bool):
+        """One call's metrics, and its errors turned into statuses (see the class docstring)."""
+        metrics = self._metrics
+        code = grpc.StatusCode.OK
+        call = _CallRows()
+        token = _current_call.set(call) if count_rows else None
+        in_flight = metrics.in_flight.labels(service)
+        in_flight.inc()
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            code = _status_for(exc, context)
+            self._abort(exc, context, service, method)
+        finally:
+            metrics.latency.labels(service, method).observe(time.perf_counter() - start)
+            metrics.requests.labels(service, method, code.name).inc()
+            in_flight.dec()
+            if call.rows:
+                metrics.rows.labels(service, method).inc(call.rows)
+            if call.row_errors:
+                metrics.row_errors.labels(service, method).inc(call.row_errors)
+            if token is not None:
+                _current_call.reset(token)
 
     @staticmethod
     def _abort(exc: Exception, context: grpc.ServicerContext, service: str, method: str) -> None:
@@ -233,33 +255,6 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
         ref = uuid.uuid4().hex[:12]
         logger.error("%s/%s: unexpected error (ref %s)", service, method, ref, exc_info=exc)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error in {service}/{method} (ref {ref}); see the server log")
-
-    def _wrap(self, behavior: Callable[[Any, grpc.ServicerContext], Any], service: str, method: str):
-        metrics = self._metrics
-
-        def intercepted(request: Any, context: grpc.ServicerContext) -> Any:
-            code = grpc.StatusCode.OK
-            call = _CallRows()
-            token = _current_call.set(call)
-            in_flight = metrics.in_flight.labels(service)
-            in_flight.inc()
-            start = time.perf_counter()
-            try:
-                return behavior(request, context)
-            except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                code = _status_for(exc, context)
-                self._abort(exc, context, service, method)
-            finally:
-                metrics.latency.labels(service, method).observe(time.perf_counter() - start)
-                metrics.requests.labels(service, method, code.name).inc()
-                in_flight.dec()
-                if call.rows:
-                    metrics.rows.labels(service, method).inc(call.rows)
-                if call.row_errors:
-                    metrics.row_errors.labels(service, method).inc(call.row_errors)
-                _current_call.reset(token)
-
-        return intercepted
 
 
 # --------------------------------------------------------------------------- server
