@@ -14,6 +14,15 @@ from pathlib import Path
 
 import pytest
 
+try:  # property-based tests: no per-example deadline on a shared 2-core machine, a fixed budget
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("htvs", deadline=None, max_examples=100, derandomize=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("htvs")
+except ImportError:  # the property-based tests skip themselves
+    pass
+
 #: Small prototype files (CIF, pymatgen JSON, POSCAR; some deliberately bad).
 PROTOTYPE_FOLDER = Path(__file__).parent / "data" / "prototypes" / "folder"
 
