@@ -73,3 +73,16 @@ def finite_number(name: str, value: object) -> float:
     if not math.isfinite(number):
         raise InvalidInput(f"{name} must be finite, got {value!r}")
     return number
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut to at most ``limit`` characters with ``...``.
+
+    Echo a caller's value with it so that no message grows with the input (a status message must
+    fit in gRPC metadata): ``shown("x" * 5000)`` is ``'xxx...x... (5000 characters)``, 80 in all.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return text[: max(limit - 3 - len(size), 1)] + "..." + size
