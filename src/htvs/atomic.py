@@ -10,6 +10,7 @@ can leave a ``.htvs-tmp-*`` file, never a partial target.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -22,6 +23,58 @@ from typing import IO, Any
 TEMP_PREFIX = ".htvs-tmp-"
 #: Mode of written files.
 FILE_MODE = 0o644
+#: OS errors that mean "this path cannot be written" (a wrong path, not a broken machine).
+_PATH_ERRORS = {errno.EISDIR, errno.ENOTDIR, errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                errno.ENAMETOOLONG, errno.EINVAL}
+
+
+def _unwritable(path: Path, exc: OSError) -> Exception:
+    """``exc`` as InvalidInput naming ``path`` when it says the path is wrong; else unchanged."""
+    from htvs.errors import InvalidInput
+
+    if exc.errno not in _PATH_ERRORS:
+        return exc
+    if path.is_dir():
+        return InvalidInput(f"cannot write {str(path)!r}: it is a folder; give a file path")
+    return InvalidInput(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+def output_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a file that can be written: its folder exists (created) and can be written
+    to, and it is not itself a folder. Call it before the work whose result goes there.
+
+    Raises:
+        InvalidInput: naming the path and what is wrong with it.
+    """
+    from htvs.errors import InvalidInput
+
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidInput(f"cannot write {str(target)!r}: it is a folder; give a file path")
+    output_folder(target.parent if str(target.parent) else ".")
+    return target
+
+
+def output_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a folder that exists (created with its parents) and can be written to.
+
+    Raises:
+        InvalidInput: it is a file, a parent is a file, or it cannot be created or written
+            (the message names it).
+    """
+    from htvs.errors import InvalidInput
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInput(f"output folder {str(folder)!r} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write to the output folder {str(folder)!r}: {exc.strerror or exc}") from None
+    return folder
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -44,10 +97,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The temporary name keeps the suffix (``.npz``, ``.parquet``: some writers append or check
     it). The parent folder must exist. If the block raises, the temporary file is removed and
-    ``path`` is untouched.
+    ``path`` is untouched. A path that cannot be written (a folder, a missing or read-only
+    parent) raises InvalidInput naming it.
     """
     target = Path(path)
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=target.parent)
+    if target.is_dir():
+        from htvs.errors import InvalidInput
+
+        raise InvalidInput(f"cannot write {str(target)!r}: it is a folder; give a file path")
+    try:
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=target.parent)
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -56,6 +117,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _unwritable(target, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -124,6 +124,9 @@ def substitute(
     from htvs.substitution.tables import write_substitution_tables
 
     with _clear_errors():
+        from htvs.atomic import output_folder
+
+        output_folder(out)
         try:
             rule_value = SubstitutionRule(rule)
         except ValueError:
@@ -279,10 +282,9 @@ def _read_formula_table(path: Path) -> list[str]:
 
 
 def _write_table(frame, path: Path) -> None:
-    from htvs.atomic import atomic_path
+    from htvs.atomic import atomic_path, output_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(output_file(path)) as tmp:
         if path.suffix == ".parquet":
             frame.to_parquet(tmp, index=False)
         else:
@@ -306,6 +308,10 @@ def predict(
     with _clear_errors():
         from htvs.errors import InvalidInput
 
+        if table_out is not None:
+            from htvs.atomic import output_file
+
+            output_file(table_out)  # a path that cannot be written is refused before the work
         items = list(formulas or [])
         if table_in is not None:
             items += _read_formula_table(table_in)
@@ -371,6 +377,9 @@ def screen(
     from htvs.thermo import ReferenceHull
 
     with _clear_errors():
+        from htvs.atomic import output_folder, write_text_atomic
+
+        output_folder(out)
         config = CompositionScreenConfig(
             max_e_form_ev_per_atom=max_e_form,
             max_e_above_hull_ev_per_atom=max_e_hull,
@@ -382,9 +391,8 @@ def screen(
         gap_model = load_ensemble("band_gap", band_gap_models)
         frame = predict_compositions(items, ef_model, gap_model)
         result = screen_compositions(frame, ReferenceHull.bundled(), config)
-        out.mkdir(parents=True, exist_ok=True)
         _write_table(result.table, out / "screen.parquet")
-        (out / "funnel.json").write_text(json.dumps(result.funnel, indent=1) + "\n")
+        write_text_atomic(out / "funnel.json", json.dumps(result.funnel, indent=1) + "\n")
     if as_json:
         _emit_json(result.funnel)
         return
@@ -397,10 +405,12 @@ def screen(
 @app.command()
 def serve(
     name: str = typer.Argument(..., help="Service: substitution, composition, structure, conductivity or dft."),
-    port: int = typer.Option(..., help="gRPC port (0: a free port, printed on stdout)."),
-    metrics_port: int | None = typer.Option(None, help="Prometheus /metrics port (default: none)."),
-    max_workers: int = typer.Option(8, help="Worker threads handling calls."),
-    host: str = typer.Option("[::]", help="Interface to bind."),
+    port: int = typer.Option(..., min=0, max=65535, help="gRPC port (0: a free port, printed on stdout)."),
+    metrics_port: int | None = typer.Option(None, min=0, max=65535, help="Prometheus /metrics port (default: none)."),
+    max_workers: int = typer.Option(8, min=1, max=1024, help="Worker threads handling calls."),
+    host: str = typer.Option("127.0.0.1", help="Interface of the gRPC port: loopback by default; 0.0.0.0 or "
+                             "[::] to serve other machines (the chart does, in its pods)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Interface of the metrics endpoint (default loopback)."),
     e_form_models: Path | None = typer.Option(None, help="E_f ensemble folder (composition; default: shipped)."),
     band_gap_models: Path | None = typer.Option(None, help="Band-gap ensemble folder (composition; default: shipped)."),
     prototypes_source: list[str] | None = typer.Option(
@@ -448,7 +458,8 @@ def serve(
 
     with _clear_errors():
         check_service_name(name)
-        run(name, port, metrics_port, host=host, max_workers=max_workers, ready=announce, store=store, **resources)
+        run(name, port, metrics_port, host=host, metrics_host=metrics_host, max_workers=max_workers, ready=announce,
+            store=store, **resources)
 
 
 

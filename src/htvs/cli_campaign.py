@@ -57,6 +57,9 @@ def campaign_run(
     with _clear_errors():
         Settings.from_env()  # a bad HTVS_* variable is refused before any work
         config = load_campaign(config_path)
+        from htvs.atomic import output_folder
+
+        output_folder(out)  # an output folder that cannot be written is refused before the work
         client = _stage_client(services)
         store = open_store(store_url or (out / "store"), create_bucket=True)
         try:

@@ -91,15 +91,17 @@ def generate(
     are generated. Exit status 2 when nothing was generated or an option is out of range.
     """
     with _clear_errors():
+        from htvs.atomic import output_folder
         from htvs.errors import RowError
         from htvs.generation.stage import GenerationConfig, generate_structures, load_generator
+
+        if out is not None:
+            output_folder(out)  # refused before the sampling, not after
 
         config = GenerationConfig(n_samples=n_samples, max_atoms=max_atoms, max_samples=max_samples, seed=seed,
                                   step_lr=step_lr, threads=threads)
         model = load_generator(model_dir)
         results = generate_structures(formulas, model, config)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     generated = 0
     for result in results:
         if isinstance(result, RowError):

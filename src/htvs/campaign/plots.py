@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from htvs.atomic import output_folder
 from htvs.errors import InvalidInput
 
 @dataclass
@@ -145,7 +146,7 @@ def plot_campaign(out_dir: str | Path, plots_dir: str | Path | None = None) -> P
     if not isinstance(funnel, dict):
         raise InvalidInput(f"{funnel_path}: expected an object of step -> count")
     plots = Path(plots_dir) if plots_dir is not None else out_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = output_folder(plots)
     result = PlotResult()
     result.written.append(plot_funnel(funnel, plots / "funnel.png"))
     screen = out_dir / "screen.parquet"

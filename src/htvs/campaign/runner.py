@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from htvs.atomic import write_bytes_atomic
+from htvs.atomic import output_folder, write_bytes_atomic
 from htvs.campaign.config import CampaignConfig
 from htvs.campaign.graph import FUNNEL_ORDER, STAGES, STEP_NAMES, RunContext, output_key, stage, upstream
 from htvs.campaign.remote import StageClient
@@ -136,8 +136,7 @@ def run_campaign(
     ``out_dir``. Returns the funnel."""
     results = run_step(store, config, "report", backend=backend, progress=progress, services=services)
     assert isinstance(results, dict)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     for current in STAGES:
         for output in current.exported:
             file_name = current.outputs[output]

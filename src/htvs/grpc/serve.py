@@ -146,7 +146,8 @@ def serve(
     port: int,
     metrics_port: int | None = None,
     *,
-    host: str = "[::]",
+    host: str = "127.0.0.1",
+    metrics_host: str = "127.0.0.1",
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     grace_s: float = DEFAULT_GRACE_S,
@@ -161,7 +162,8 @@ def serve(
         name: one of :data:`AVAILABLE_SERVICES`.
         port: gRPC port (0: a free one, reported to ``ready`` and in the log).
         metrics_port: Prometheus ``/metrics`` port (None: no endpoint; 0: a free one).
-        host: interface to bind.
+        host: interface of the gRPC port (default loopback; ``0.0.0.0`` or ``[::]`` in a pod).
+        metrics_host: interface of the metrics endpoint (default loopback).
         max_workers: worker threads.
         max_message_bytes: largest request/response, bytes.
         grace_s: seconds calls in flight may finish after the signal.
@@ -191,6 +193,7 @@ def serve(
         servicer,
         stages,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
         max_message_bytes=max_message_bytes,
         max_workers=max_workers,
     )

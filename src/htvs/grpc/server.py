@@ -332,6 +332,17 @@ class HtvsServer:
         return not timed_out
 
 
+def _check_port(what: str, port: object) -> int:
+    """``port`` if it is a TCP port number (0: a free one); InvalidInput naming it otherwise."""
+    try:
+        number = int(str(port))
+    except ValueError:
+        raise InvalidInput(f"{what} {str(port)[:40]!r} is not a number; give 0..65535") from None
+    if not 0 <= number <= 65535:
+        raise InvalidInput(f"{what} {number} is outside 0..65535 (0 picks a free port)")
+    return number
+
+
 def create_server(
     address: str,
     *servicers: Servicer,
@@ -363,6 +374,9 @@ def create_server(
     """
     if not servicers:
         raise InvalidInput("create_server needs at least one servicer")
+    _check_port("gRPC port", address.rpartition(":")[2])
+    if metrics_port is not None:
+        _check_port("metrics port", metrics_port)
     if max_message_bytes < 1024:
         raise InvalidInput(f"max_message_bytes must be >= 1024, got {max_message_bytes}")
     if max_workers < 1:
