@@ -117,3 +117,34 @@ def test_serve_binds_loopback_unless_told_otherwise() -> None:
     finally:
         server.stop(0)
         thread.join(30)
+
+
+def test_a_status_message_is_bounded_whatever_the_error_echoes() -> None:
+    """A servicer error echoing a 50,000-character value still reaches the client as
+    INVALID_ARGUMENT (not RESOURCE_EXHAUSTED for oversized metadata), cut to the limit."""
+    import grpc
+
+    from htvs.grpc.gen import substitution_pb2 as pb
+    from htvs.grpc.gen import substitution_pb2_grpc as pb_grpc
+    from htvs.grpc.server import MAX_STATUS_MESSAGE, create_server
+
+    class Echoing(pb_grpc.SubstitutionServiceServicer):
+        service_name = "htvs.v1.SubstitutionService"
+
+        def add_to_server(self, server) -> None:
+            pb_grpc.add_SubstitutionServiceServicer_to_server(self, server)
+
+        def ListPrototypes(self, request, context):
+            raise InvalidInput(f"unknown set {request.prototype_set!r}")
+
+    server, port = create_server("127.0.0.1:0", Echoing())
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.SubstitutionServiceStub(channel).ListPrototypes(
+                    pb.ListPrototypesRequest(prototype_set="x" * 50_000), timeout=10)
+    finally:
+        server.stop(0)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(err.value.details()) <= MAX_STATUS_MESSAGE and "characters cut" in err.value.details()

@@ -143,6 +143,18 @@ def status_of(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+#: Longest status message sent, characters: a message echoing a huge value must not exceed the
+#: metadata limit (the client would see RESOURCE_EXHAUSTED instead of the real status).
+MAX_STATUS_MESSAGE = 2000
+
+
+def bounded_message(text: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 40] + f"... ({len(text) - limit + 40:,} characters cut)"
+
+
 def _status_for(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode:
     """The status a call that raised ``exc`` ends with (for the metrics)."""
     if isinstance(exc, HTVSError):
@@ -248,7 +260,7 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
             code = status_of(exc) or grpc.StatusCode.INTERNAL
             if code is grpc.StatusCode.INTERNAL:
                 logger.error("%s/%s failed: %s", service, method, exc, exc_info=exc)
-            context.abort(code, str(exc))
+            context.abort(code, bounded_message(str(exc)))
         set_code = context.code()
         if set_code is not None and set_code is not grpc.StatusCode.OK:
             raise exc
