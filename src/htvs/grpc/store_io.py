@@ -168,6 +168,8 @@ def _from_store(servicer, method, request, context, rows_field: str, outputs: tu
         total = None
         collected: dict[str, list[dict]] = {o: [] for o in outputs}
         for start in range(0, len(rows), step_size):
+            if not context.is_active():  # the caller has gone (cancelled, deadline): stop here
+                context.abort(grpc.StatusCode.CANCELLED, f"{name}: the caller went away after {start} rows")
             chunk = type(request)()
             chunk.CopyFrom(options)
             try:

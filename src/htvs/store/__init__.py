@@ -118,18 +118,20 @@ def store_within(root: ArtifactStore, url: str) -> ArtifactStore:
     if not isinstance(url, str):
         raise InvalidInput(f"store URL must be a string, got {type(url).__qualname__}")
     text = url.strip()
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise InvalidInput(f"store {url[:200]!r} contains a control character")
     if not text or text.rstrip("/") == root.url:
         return root
-    if "://" not in text:  # a local path: compare where it really is
-        text = Path(text).expanduser().resolve().as_uri()
+    if "://" not in text:  # a local path: compare where it really is (no ~ expansion for requests)
+        text = Path(text).resolve().as_uri()
         if text == root.url:
             return root
     base = root.url.rstrip("/") + "/"
     if not text.startswith(base):
-        raise InvalidInput(f"store {url!r} is outside this server's store {root.url!r}")
+        raise InvalidInput(f"store {url[:200]!r} is outside this server's store {root.url!r}")
     sub = unquote(text[len(base):]).strip("/")
     try:
         validate_key(sub)
     except InvalidInput as exc:
-        raise InvalidInput(f"store {url!r}: the part below {root.url!r} is not a valid prefix: {exc}") from None
+        raise InvalidInput(f"store {url[:200]!r}: the part below {root.url!r} is not a valid prefix: {exc}") from None
     return root.below(sub)
