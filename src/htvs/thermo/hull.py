@@ -8,6 +8,11 @@ numpy operations per chemical system instead of one ``PhaseDiagram`` per formula
 
 Energies are formation energies in eV/atom relative to the elements, which are always present
 at 0 eV/atom. Nothing is loaded at import.
+
+Limits: a formula (or chemical system) of more than :data:`MAX_CHEMSYS_ELEMENTS` elements is
+refused before any diagram is built, and a formation energy must lie within
++-:data:`MAX_ABS_E_FORM_EV_PER_ATOM`. A chemical system's diagram and facets are built once,
+even when many threads ask for them at the same time.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import itertools
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pymatgen.core import Composition
 
-from htvs.errors import HTVSError, InvalidInput, RowError, StageFailed, finite_number
+from htvs.errors import HTVSError, InvalidInput, RowError, StageFailed, finite_number, shown
 from htvs.formula import parse_composition
 from htvs.thermo.facets import FacetModel
 
@@ -35,6 +41,14 @@ if TYPE_CHECKING:
 _SYMBOL = re.compile(r"[A-Z][a-z]?")
 #: An element row of the reference table below this (eV/atom) contradicts the 0 reference.
 _ELEMENT_REF_TOL = 1e-6
+#: Most elements in the chemical system of one formula. Building a diagram grows steeply with
+#: the number of elements (bundled MP data, the elements with the most compounds, one thread):
+#: 6 elements 0.08 s, 7 elements 0.4 s, 8 elements 2.3 s, 9 elements 17 s, 10 elements ~110 s.
+#: The paper's candidates are ternary and quaternary; 7 leaves room and stays under a second.
+MAX_CHEMSYS_ELEMENTS = 7
+#: Largest magnitude of a formation energy, eV/atom. Real compounds lie within a few eV/atom;
+#: a larger value is a unit error, and values near the float range overflow the hull algebra.
+MAX_ABS_E_FORM_EV_PER_ATOM = 100.0
 
 ChemsysLike = str | Composition | Iterable[str]
 K = TypeVar("K")
@@ -42,14 +56,22 @@ V = TypeVar("V")
 
 
 class _LRU(Generic[K, V]):
-    """A small thread-safe least-recently-used cache of bounded size."""
+    """A small thread-safe least-recently-used cache of bounded size that builds each key once.
+
+    The build runs outside the cache's lock (other keys stay available), but only one caller
+    builds a missing key: callers that ask for it meanwhile wait for that build (a per-key
+    future) instead of building it again. A build that raises is not cached; its waiters get
+    the same exception and a later call builds again.
+    """
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._data: OrderedDict[K, V] = OrderedDict()
+        self._pending: dict[K, Future[V]] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.builds = 0
 
     def get_or_build(self, key: K, build: Callable[[], V]) -> V:
         with self._lock:
@@ -58,18 +80,33 @@ class _LRU(Generic[K, V]):
                 self.hits += 1
                 return self._data[key]
             self.misses += 1
-        value = build()  # outside the lock: a duplicate build is harmless
+            pending = self._pending.get(key)
+            if pending is None:
+                future: Future[V] = Future()
+                self._pending[key] = future
+                self.builds += 1
+        if pending is not None:
+            return pending.result()  # another caller is building it: wait for that build
+        try:
+            value = build()
+        except BaseException as exc:
+            with self._lock:
+                del self._pending[key]
+            future.set_exception(exc)
+            raise
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
+            del self._pending[key]
+        future.set_result(value)
         return value
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
-            self.hits = self.misses = 0
+            self.hits = self.misses = self.builds = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -107,6 +144,8 @@ class ReferenceHull:
         elements: symbols a formula may use.
         source: a short label of the data, used in error messages (e.g. ``"MP"``).
         cache_size: most chemical systems kept per cache (diagrams and facet models).
+        max_elements: most elements in a formula's chemical system
+            (:data:`MAX_CHEMSYS_ELEMENTS`); a larger one is refused before any work.
     """
 
     def __init__(
@@ -116,9 +155,13 @@ class ReferenceHull:
         *,
         source: str = "table",
         cache_size: int = 256,
+        max_elements: int = MAX_CHEMSYS_ELEMENTS,
     ) -> None:
         if cache_size < 1:
             raise InvalidInput(f"cache_size must be >= 1, got {cache_size}")
+        if max_elements < 1:
+            raise InvalidInput(f"max_elements must be >= 1, got {max_elements}")
+        self.max_elements = int(max_elements)
         self._rows = {key: tuple(value) for key, value in rows.items()}
         self.elements: frozenset[str] = frozenset(elements)
         self.source = source
@@ -137,6 +180,7 @@ class ReferenceHull:
         source: str = "table",
         cache_size: int = 256,
         validate: bool = True,
+        max_elements: int = MAX_CHEMSYS_ELEMENTS,
     ) -> ReferenceHull:
         """Index a table with columns ``formula`` and ``e_form_ev_per_atom`` (eV/atom).
 
@@ -144,7 +188,7 @@ class ReferenceHull:
             table: one row per compound; duplicate compositions keep the lowest energy.
             elements: allowed element symbols; default: those in the table.
             source: label used in error messages.
-            cache_size: see :class:`ReferenceHull`.
+            cache_size, max_elements: see :class:`ReferenceHull`.
             validate: parse every formula with pymatgen (reduce it, check the elements). With
                 ``False`` the formulas must already be pymatgen reduced formulas (as in the
                 bundled table) and are only scanned for element symbols, which is much faster.
@@ -171,7 +215,7 @@ class ReferenceHull:
             if len(symbols) == 1:
                 if energy < -_ELEMENT_REF_TOL:
                     raise InvalidInput(
-                        f"reference row {formula!r} has E_f = {energy} eV/atom < 0; "
+                        f"reference row {shown(formula)} has E_f = {energy} eV/atom < 0; "
                         "an element's formation energy is 0 by definition"
                     )
                 continue
@@ -181,10 +225,10 @@ class ReferenceHull:
         for name, (symbols, energy) in best.items():
             grouped.setdefault(symbols, []).append((name, energy))
         allowed = frozenset(elements) if elements is not None else frozenset(seen)
-        return cls(grouped, allowed | seen, source=source, cache_size=cache_size)
+        return cls(grouped, allowed | seen, source=source, cache_size=cache_size, max_elements=max_elements)
 
     @classmethod
-    def bundled(cls, *, cache_size: int = 256) -> ReferenceHull:
+    def bundled(cls, *, cache_size: int = 256, max_elements: int = MAX_CHEMSYS_ELEMENTS) -> ReferenceHull:
         """The bundled MP formation energies (lowest per formula) over the 89 MP elements."""
         from htvs.datasets import load_mp_formation_energies, reference_elements
 
@@ -194,6 +238,7 @@ class ReferenceHull:
             source="MP",
             cache_size=cache_size,
             validate=False,
+            max_elements=max_elements,
         )
 
     # -- look-ups ---------------------------------------------------------------------------
@@ -205,7 +250,9 @@ class ReferenceHull:
             InvalidInput: unparsable formula or an element without reference data.
         """
         comp = parse_composition(formula)
-        self._check_symbols((el.symbol for el in comp.elements), formula)
+        symbols = [el.symbol for el in comp.elements]
+        self._check_symbols(symbols, formula)
+        self._check_size(symbols, f"formula {shown(formula)}")
         return comp
 
     def chemsys(self, spec: ChemsysLike) -> frozenset[str]:
@@ -217,15 +264,27 @@ class ReferenceHull:
         else:
             symbols = [str(s) for s in spec]
         if not symbols:
-            raise InvalidInput(f"empty chemical system: {spec!r}")
+            raise InvalidInput(f"empty chemical system: {shown(spec)}")
         self._check_symbols(symbols, spec)
-        return frozenset(symbols)
+        system = frozenset(symbols)
+        self._check_size(system, f"chemical system {shown(spec)}")
+        return system
+
+    def _check_size(self, symbols: Iterable[str], what: str) -> None:
+        """Refuse a chemical system of more than :attr:`max_elements` elements (InvalidInput)."""
+        system = sorted(set(symbols))
+        if len(system) > self.max_elements:
+            raise InvalidInput(
+                f"{what} spans the {len(system)}-element chemical system {'-'.join(system)}; "
+                f"the reference hull takes at most {self.max_elements} elements per chemical system"
+            )
 
     def _check_symbols(self, symbols: Iterable[str], what: object) -> None:
         for symbol in symbols:
             if symbol not in self.elements:
+                name = symbol if len(symbol) <= 3 else shown(symbol, 8)
                 raise InvalidInput(
-                    f"element {symbol} (in {what!r}) is not in the reference data "
+                    f"element {name} (in {shown(what)}) is not in the reference data "
                     f"({len(self.elements)} {self.source} elements)"
                 )
 
@@ -285,6 +344,8 @@ class ReferenceHull:
             "models": len(self._models),
             "model_hits": self._models.hits,
             "model_misses": self._models.misses,
+            "diagram_builds": self._diagrams.builds,
+            "model_builds": self._models.builds,
         }
 
     def __repr__(self) -> str:
@@ -308,9 +369,16 @@ def check_e_form(formula: object, value: object) -> float:
     """A formation energy (eV/atom) given for ``formula`` as a finite float.
 
     Raises:
-        InvalidInput: not a number, or not finite; the message names the formula and value.
+        InvalidInput: not a number, not finite, or beyond +-:data:`MAX_ABS_E_FORM_EV_PER_ATOM`;
+            the message names the formula and value.
     """
-    return finite_number(f"e_form_ev_per_atom for {formula!r}", value)
+    energy = finite_number(f"e_form_ev_per_atom for {shown(formula)}", value)
+    if abs(energy) > MAX_ABS_E_FORM_EV_PER_ATOM:
+        raise InvalidInput(
+            f"e_form_ev_per_atom for {shown(formula)} is {energy!r} eV/atom, beyond "
+            f"+-{MAX_ABS_E_FORM_EV_PER_ATOM:g} eV/atom (a unit error?)"
+        )
+    return energy
 
 
 def group_rows(

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.core import Composition
 
-from htvs.errors import HTVSError, InvalidInput, RowError, StageFailed
+from htvs.errors import HTVSError, InvalidInput, RowError, StageFailed, shown
 from htvs.thermo.facets import AMOUNT_TOL, FacetModel
 from htvs.thermo.hull import ReferenceHull, amounts, check_e_form, group_rows
 
@@ -46,6 +46,9 @@ from htvs.thermo.hull import ReferenceHull, amounts, check_e_form, group_rows
 LI = "Li"
 #: A compound this far (eV/atom) or more below the reference hull is inserted into the diagram.
 ON_HULL_TOL = 1e-8
+#: ``progress`` is also called after every this many compounds inserted into a diagram (each one
+#: is a step of its own, up to tens of ms), so that a caller can stop a long batch in between.
+PROGRESS_EVERY_INSERTED = 32
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,10 @@ def _check_li(comp: Composition, formula: object) -> None:
     symbols = {el.symbol for el in comp.elements}
     if LI not in symbols:
         raise InvalidInput(
-            f"formula {formula!r} contains no Li; the window is defined against a Li reservoir"
+            f"formula {shown(formula)} contains no Li; the window is defined against a Li reservoir"
         )
     if len(symbols) == 1:
-        raise InvalidInput(f"formula {formula!r} is Li metal, which has no electrochemical window")
+        raise InvalidInput(f"formula {shown(formula)} is Li metal, which has no electrochemical window")
 
 
 def _products(model: FacetModel, facet: int, weights: np.ndarray) -> tuple[str, ...]:
@@ -209,7 +212,9 @@ def electrochemical_windows(
         formulas: Li-containing formulas.
         e_forms: optional formation energies (eV/atom), same length; ``None`` entries mean
             "not given". Rows below the reference hull take the slow insertion path.
-        progress: called with the number of rows done after each chemical system.
+        progress: called with the number of rows done after each chemical system, and after
+            every :data:`PROGRESS_EVERY_INSERTED` compounds inserted into a diagram. An exception
+            it raises stops the batch (how a server stops work whose caller has gone).
 
     Returns:
         One :class:`WindowResult` or :class:`~htvs.errors.RowError` per input row, in input order.
@@ -252,10 +257,14 @@ def electrochemical_windows(
                     out[i] = RowError.of(i, formulas[i], exc)
             if given:
                 below = _below_hull(model, [comps[i] for i in given], energies)
+                inserted = 0
                 for i, energy, is_below in zip(given, energies, below, strict=True):
                     if not is_below:
                         fast.append(i)
                         continue
+                    inserted += 1
+                    if progress is not None and inserted % PROGRESS_EVERY_INSERTED == 0:
+                        progress(len(out))
                     try:
                         out[i] = _window_if_inserted(hull, model, comps[i], energy)
                     except HTVSError as exc:
