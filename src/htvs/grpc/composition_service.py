@@ -11,19 +11,29 @@ Which errors are per row and which refuse the whole request:
   energy (Hull, Window), a window asked of a formula without Li (Window), a hull or window that
   fails in Screen. These are what the stage functions already report per row.
 
+Limits of the work one request may cause (besides the row limit): a formula of more than
+:data:`~htvs.formula.MAX_FORMULA_CHARS` characters, or whose chemical system has more than the
+hull's ``max_elements`` (:data:`~htvs.thermo.hull.MAX_CHEMSYS_ELEMENTS`) elements, or a formation
+energy beyond +-:data:`~htvs.thermo.hull.MAX_ABS_E_FORM_EV_PER_ATOM` eV/atom is a row error
+before any diagram is built. A call whose caller has gone (cancelled, or past its deadline) stops
+between chunks of its batch with CANCELLED or DEADLINE_EXCEEDED instead of computing on.
+
+Answers hold no NaN or infinity (an uncomputed value is unset), and every value echoed into a
+message or a row error is cut to a bounded length.
+
 The reference hull and the ONNX ensembles are loaded once by the caller and passed in.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import grpc
 import pandas as pd
 
 from htvs.composition import predict_compositions
-from htvs.errors import InvalidInput, ModelNotReady
+from htvs.errors import InvalidInput, ModelNotReady, RowError, shown
+from htvs.formula import MAX_FORMULA_CHARS
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import composition_pb2 as pb
 from htvs.grpc.gen import composition_pb2_grpc as pb_grpc
@@ -34,6 +44,9 @@ from htvs.thermo import HullResult, ReferenceHull, WindowResult, e_above_hull_ma
 
 #: Default largest batch (rows) of one request.
 DEFAULT_MAX_BATCH_ROWS = 10_000
+#: Longest row-error message or echoed value in an answer, characters (longer ones are cut).
+MAX_ROW_TEXT_CHARS = 4 * MAX_FORMULA_CHARS
+_PREDICTION_VALUES = ("e_form_mean", "e_form_std", "band_gap_mean", "band_gap_std")
 _THRESHOLDS = (
     "max_e_form_ev_per_atom",
     "max_e_above_hull_ev_per_atom",
@@ -42,14 +55,60 @@ _THRESHOLDS = (
 )
 
 
+def _cut(text: object) -> str:
+    """``text`` for a row error's ``value`` or ``message``: at most :data:`MAX_ROW_TEXT_CHARS`
+    characters, a longer one cut with its length noted."""
+    text = str(text)
+    if len(text) <= MAX_ROW_TEXT_CHARS:
+        return text
+    return f"{text[:MAX_ROW_TEXT_CHARS]}... ({len(text):,} characters)"
+
+
+def _row_error(index: int, value: object, message: object, kind: str = "") -> common_pb2.RowError:
+    """A RowError message with its value and message cut (see :func:`_cut`)."""
+    return common_pb2.RowError(index=index, value=_cut(value), message=_cut(message), kind=kind)
+
+
+def _from_row_error(error: RowError) -> common_pb2.RowError:
+    return _row_error(error.index, error.value, error.message, error.kind)
+
+
+def _finite(**values: float) -> dict[str, float]:
+    """The finite ones of ``values`` (an uncomputed or non-finite value is left unset)."""
+    return {name: float(v) for name, v in values.items() if v is not None and math.isfinite(v)}
+
+
 def _prediction(row) -> pb.Prediction:
     """A Prediction message from a row of :func:`predict_compositions`' table."""
-    fields = {"formula": row.formula}
-    for name in ("e_form_mean", "e_form_std", "band_gap_mean", "band_gap_std"):
-        value = float(getattr(row, name))
-        if math.isfinite(value):
-            fields[name] = value
-    return pb.Prediction(**fields)
+    return pb.Prediction(formula=row.formula, **_finite(**{n: getattr(row, n) for n in _PREDICTION_VALUES}))
+
+
+def _echoed(given: pb.Prediction) -> pb.Prediction:
+    """The request's prediction as Screen echoes it: a row with ``error`` carries none of the
+    four values (they were not used), and no value is NaN or infinite (it is unset)."""
+    out = pb.Prediction()
+    out.CopyFrom(given)
+    for name in _PREDICTION_VALUES:
+        if out.HasField("error") or not math.isfinite(getattr(out, name)):
+            out.ClearField(name)
+    if out.HasField("error"):
+        out.error.CopyFrom(_row_error(out.error.index, out.error.value, out.error.message, out.error.kind))
+    return out
+
+
+def stop_if_caller_gone(context) -> None:
+    """End the call when nobody waits for its answer, between chunks of a long batch.
+
+    Aborts with DEADLINE_EXCEEDED when the call's deadline has passed and with CANCELLED when the
+    caller has gone (cancelled, disconnected); otherwise returns at once (a few microseconds).
+    """
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed; the rest of the batch was not computed"
+        )
+    if not context.is_active():
+        context.abort(grpc.StatusCode.CANCELLED, "the caller has gone; the rest of the batch was not computed")
 
 
 def screen_config_from_proto(message: pb.ScreenThresholds) -> CompositionScreenConfig:
@@ -76,6 +135,7 @@ def predictions_frame(rows, *, what: str = "predictions") -> pd.DataFrame:
         if row.HasField("error"):
             records.append((row.formula, math.nan, math.nan, math.nan, math.nan, row.error.message or "error"))
             continue
+        name_shown = shown(row.formula)
         values = []
         for name, units in (
             ("e_form_mean", "eV/atom"),
@@ -84,12 +144,12 @@ def predictions_frame(rows, *, what: str = "predictions") -> pd.DataFrame:
             ("band_gap_std", "eV"),
         ):
             if not row.HasField(name):
-                raise InvalidInput(f"{what}[{i}] ({row.formula!r}) has no {name} and no error")
+                raise InvalidInput(f"{what}[{i}] ({name_shown}) has no {name} and no error")
             value = getattr(row, name)
             if not math.isfinite(value):
-                raise InvalidInput(f"{what}[{i}] ({row.formula!r}): {name} must be finite, got {value!r}")
+                raise InvalidInput(f"{what}[{i}] ({name_shown}): {name} must be finite, got {value!r}")
             if name != "e_form_mean" and value < 0:
-                raise InvalidInput(f"{what}[{i}] ({row.formula!r}): {name} must be >= 0 {units}, got {value!r}")
+                raise InvalidInput(f"{what}[{i}] ({name_shown}): {name} must be >= 0 {units}, got {value!r}")
             values.append(value)
         records.append((row.formula, *values, None))
     return pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
@@ -145,7 +205,13 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
         self._check_batch(request, len(request.formulas), "formulas")
         ef_model, gap_model = self._models()
-        frame = predict_compositions(list(request.formulas), ef_model, gap_model, batch_size=self.batch_size)
+        formulas = list(request.formulas)
+        chunks = []
+        for start in range(0, len(formulas), self.batch_size):
+            stop_if_caller_gone(context)
+            chunk = formulas[start : start + self.batch_size]
+            chunks.append(predict_compositions(chunk, ef_model, gap_model, batch_size=self.batch_size))
+        frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
         response = pb.PredictResponse(
             models=[
                 pb.ModelInfo(target=str(m.target), units=str(m.units), n_models=int(m.n_models))
@@ -158,8 +224,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
             if row.error is not None:
                 n_errors += 1
                 message = pb.Prediction(
-                    formula=row.formula,
-                    error=common_pb2.RowError(index=i, value=row.formula, message=row.error, kind="InvalidInput"),
+                    formula=row.formula, error=_row_error(i, row.formula, row.error, "InvalidInput")
                 )
             response.rows.append(message)
         report_rows(len(frame), n_errors)
@@ -170,22 +235,19 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         self._check_batch(request, len(request.predictions), "predictions")
         config = screen_config_from_proto(request.thresholds)
         frame = predictions_frame(request.predictions)
-        result = screen_compositions(frame, self.hull, config)
+        stop_if_caller_gone(context)
+        result = screen_compositions(
+            frame, self.hull, config, progress=lambda step, done, total: stop_if_caller_gone(context)
+        )
         table = result.table
         response = pb.ScreenResponse(funnel=pb.Funnel(**result.funnel))
         n_errors = 0
         for i, (given, row) in enumerate(zip(request.predictions, table.itertuples(index=False), strict=True)):
-            fields = {}
-            for name, column in (
-                ("e_above_hull_ev_per_atom", "e_above_hull"),
-                ("phi_red_v", "phi_red"),
-                ("phi_ox_v", "phi_ox"),
-            ):
-                value = float(getattr(row, column))
-                if math.isfinite(value):
-                    fields[name] = value
+            fields = _finite(
+                e_above_hull_ev_per_atom=row.e_above_hull, phi_red_v=row.phi_red, phi_ox_v=row.phi_ox
+            )
             out = response.rows.add(
-                prediction=given,
+                prediction=_echoed(given),
                 passed_e_form_and_hull=bool(row.passed_e_form_and_hull),
                 passed_band_gap=bool(row.passed_band_gap),
                 passed_oxidation_window=bool(row.passed_oxidation_window),
@@ -194,7 +256,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
             )
             if row.screen_error is not None:
                 n_errors += 1
-                out.error.CopyFrom(common_pb2.RowError(index=i, value=row.formula, message=str(row.screen_error)))
+                out.error.CopyFrom(_row_error(i, row.formula, row.screen_error))
             elif given.HasField("error"):
                 n_errors += 1
         report_rows(len(table), n_errors)
@@ -205,10 +267,13 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         self._check_batch(request, len(request.rows), "rows")
         formulas = [q.formula for q in request.rows]
         energies = [q.e_form_ev_per_atom if q.HasField("e_form_ev_per_atom") else None for q in request.rows]
-        results = e_above_hull_many(self.hull, formulas, energies)
+        stop_if_caller_gone(context)
+        results = e_above_hull_many(self.hull, formulas, energies, progress=lambda done: stop_if_caller_gone(context))
         response = pb.HullResponse()
         n_errors = 0
-        for query, result in zip(request.rows, results, strict=True):
+        for i, (query, result) in enumerate(zip(request.rows, results, strict=True)):
+            if isinstance(result, HullResult):
+                result = _checked_finite(i, query.formula, result, result.e_above_hull_ev_per_atom)
             if isinstance(result, HullResult):
                 response.rows.add(
                     formula=result.formula,
@@ -218,7 +283,7 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
                 )
             else:
                 n_errors += 1
-                response.rows.add(formula=query.formula, error=common_pb2.RowError(**asdict(result)))
+                response.rows.add(formula=query.formula, error=_from_row_error(result))
         report_rows(len(results), n_errors)
         return response
 
@@ -228,10 +293,15 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         formulas = [q.formula for q in request.rows]
         energies = [q.e_form_ev_per_atom if q.HasField("e_form_ev_per_atom") else None for q in request.rows]
         given = any(e is not None for e in energies)
-        results = electrochemical_windows(self.hull, formulas, energies if given else None)
+        stop_if_caller_gone(context)
+        results = electrochemical_windows(
+            self.hull, formulas, energies if given else None, progress=lambda done: stop_if_caller_gone(context)
+        )
         response = pb.WindowResponse()
         n_errors = 0
-        for query, result in zip(request.rows, results, strict=True):
+        for i, (query, result) in enumerate(zip(request.rows, results, strict=True)):
+            if isinstance(result, WindowResult):
+                result = _checked_finite(i, query.formula, result, result.phi_red_v, result.phi_ox_v)
             if isinstance(result, WindowResult):
                 response.rows.add(
                     formula=result.formula,
@@ -243,7 +313,14 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
                 )
             else:
                 n_errors += 1
-                response.rows.add(formula=query.formula, error=common_pb2.RowError(**asdict(result)))
+                response.rows.add(formula=query.formula, error=_from_row_error(result))
         report_rows(len(results), n_errors)
         return response
+
+
+def _checked_finite(index: int, formula: str, result, *values: float):
+    """``result``, or a row error if one of its ``values`` is not finite (an answer holds no NaN)."""
+    if all(math.isfinite(v) for v in values):
+        return result
+    return RowError(index, formula, f"formula {shown(formula)}: the result is not finite ({values})", "StageFailed")
 

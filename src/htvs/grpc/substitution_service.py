@@ -4,6 +4,11 @@ Substitute is whole-request: the stage validates the prototypes and the configur
 whole and reduces all substitutions to unique formulas, so a bad prototype refuses the request
 (INVALID_ARGUMENT naming it) rather than silently changing multiplicities. Prototype sets the
 server may substitute by name (``"bundled"``) are loaded once, before the server starts.
+
+Every value a message echoes is cut by :func:`htvs.errors.shown` to 80 characters (a status
+message travels in metadata, which is limited in size); a prototype id longer than
+:data:`MAX_PROTOTYPE_ID_CHARS` and an element pool of more than
+:data:`~htvs.substitution.config.MAX_POOL_SIZE` symbols are refused before any other work.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import grpc
 import numpy as np
 from pymatgen.core import Element
 
-from htvs.errors import DataNotFound, InvalidInput
+from htvs.errors import DataNotFound, InvalidInput, shown
 from htvs.grpc.gen import substitution_pb2 as pb
 from htvs.grpc.gen import substitution_pb2_grpc as pb_grpc
 from htvs.grpc.server import report_rows
@@ -28,12 +33,15 @@ from htvs.substitution import (
     count_assignments,
     enumerate_substitutions,
 )
+from htvs.substitution.config import MAX_POOL_SIZE
 from htvs.substitution.enumerate import UNUSED_SLOT
 
 #: Default largest number of inline prototypes per request.
 DEFAULT_MAX_PROTOTYPES = 20_000
 #: Default largest number of rows (formulas, or substitutions when asked for) in one answer.
 DEFAULT_MAX_RESULT_ROWS = 1_000_000
+#: Longest inline prototype id, characters.
+MAX_PROTOTYPE_ID_CHARS = 200
 
 _RULES = {
     pb.SUBSTITUTION_RULE_UNSPECIFIED: SubstitutionRule.ONE_REQUIRED,
@@ -46,10 +54,22 @@ def config_from_proto(message: pb.SubstitutionConfig) -> SubstitutionConfig:
     """The stage's :class:`SubstitutionConfig`; unset fields take its defaults.
 
     Raises:
-        InvalidInput: unknown rule, or what :class:`SubstitutionConfig` refuses (bad symbol...).
+        InvalidInput: unknown rule, a pool of more than ``MAX_POOL_SIZE`` symbols, a symbol that is
+            not an element, or what :class:`SubstitutionConfig` refuses (pool without the kept
+            element...).
     """
     if message.rule not in _RULES:
         raise InvalidInput(f"config.rule {message.rule} is not a known SubstitutionRule")
+    if len(message.element_pool) > MAX_POOL_SIZE:
+        raise InvalidInput(
+            f"config.element_pool has {len(message.element_pool):,} symbols (at most {MAX_POOL_SIZE})"
+        )
+    for i, symbol in enumerate(message.element_pool):
+        _check_symbol(f"config.element_pool[{i}]", symbol)
+    if message.kept_element:
+        _check_symbol("config.kept_element", message.kept_element)
+    if message.required_element:
+        _check_symbol("config.required_element", message.required_element)
     defaults = SubstitutionConfig()
     required = message.required_element if message.HasField("required_element") else defaults.required_element
     return SubstitutionConfig(
@@ -60,23 +80,33 @@ def config_from_proto(message: pb.SubstitutionConfig) -> SubstitutionConfig:
     )
 
 
+def _check_symbol(field: str, symbol: str) -> None:
+    if not Element.is_valid_symbol(symbol):
+        raise InvalidInput(f"{field}: {shown(symbol)} is not an element symbol")
+
+
 def pattern_from_proto(message: pb.SitePattern, index: int) -> SitePattern:
     """A :class:`SitePattern` from its message; symbols and amounts are checked here.
 
     Raises:
-        InvalidInput: empty id or species list, a symbol that is not an element, an element
-            listed twice, or an amount of 0; the message names the prototype and value.
+        InvalidInput: empty or overlong (:data:`MAX_PROTOTYPE_ID_CHARS`) id, empty species list, a
+            symbol that is not an element, an element listed twice, or an amount of 0; the
+            message names the prototype and value.
     """
     name = message.prototype_id
     if not name:
         raise InvalidInput(f"prototypes[{index}] has no prototype_id")
+    if len(name) > MAX_PROTOTYPE_ID_CHARS:
+        raise InvalidInput(
+            f"prototypes[{index}].prototype_id {shown(name)} is longer than {MAX_PROTOTYPE_ID_CHARS} characters"
+        )
     if not message.species:
         raise InvalidInput(f"prototype {name!r} lists no species")
     amounts: dict[str, int] = {}
     for species in message.species:
         symbol = species.element
         if not Element.is_valid_symbol(symbol):
-            raise InvalidInput(f"prototype {name!r}: {symbol!r} is not an element symbol")
+            raise InvalidInput(f"prototype {name!r}: {shown(symbol)} is not an element symbol")
         if symbol in amounts:
             raise InvalidInput(f"prototype {name!r} lists {symbol} more than once")
         if species.amount <= 0:
@@ -158,18 +188,24 @@ class SubstitutionServicer(pb_grpc.SubstitutionServiceServicer):
     def add_to_server(self, server: grpc.Server) -> None:
         pb_grpc.add_SubstitutionServiceServicer_to_server(self, server)
 
+    def _available(self) -> str:
+        """The loaded sets' names for a message (each cut, at most 10 of them)."""
+        names = sorted(self._patterns)
+        if not names:
+            return "no prototype sets"
+        listed = ", ".join(shown(n) for n in names[:10])
+        return listed + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
     def _set(self, name: str) -> list[SitePattern]:
         if name not in self._patterns:
             raise DataNotFound(
-                f"no prototype set {name!r} on this server (available: {sorted(self._patterns) or 'none'})"
+                f"no prototype set {shown(name)} on this server (available: {self._available()})"
             )
         return self._patterns[name]
 
     def ListPrototypes(self, request: pb.ListPrototypesRequest, context) -> pb.ListPrototypesResponse:
         if not request.prototype_set:
-            raise InvalidInput(
-                f"prototype_set is empty; this server has {sorted(self._patterns) or 'no sets'}"
-            )
+            raise InvalidInput(f"prototype_set is empty; this server has {self._available()}")
         patterns = self._set(request.prototype_set)
         skipped = self.prototype_sets[request.prototype_set].skipped
         report_rows(len(patterns))
@@ -182,7 +218,7 @@ class SubstitutionServicer(pb_grpc.SubstitutionServiceServicer):
     def Substitute(self, request: pb.SubstituteRequest, context) -> pb.SubstituteResponse:
         n_inline = len(request.prototypes)
         if request.prototype_set and n_inline:
-            raise InvalidInput(f"give prototypes or prototype_set {request.prototype_set!r}, not both")
+            raise InvalidInput(f"give prototypes or prototype_set {shown(request.prototype_set)}, not both")
         if request.prototype_set:
             patterns = self._set(request.prototype_set)
         else:
