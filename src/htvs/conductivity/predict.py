@@ -13,7 +13,6 @@ coordinates); a structure without Li is not predicted and its record has kind
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -186,23 +185,23 @@ def _as_structure(item_id: str, item, config: ConductivityConfig):
     """A validated pymatgen Structure, or raise InvalidInput naming the problem."""
     from pymatgen.core import Structure
 
-    if isinstance(item, str):
-        from htvs.prototypes.readers import parse_cif  # the project's one CIF reader
+    from htvs.prototypes.readers import check_cell, check_site_count, parse_cif  # the one reader and checks
 
+    if isinstance(item, str):
         try:
-            item = parse_cif(item)[0]
+            item = parse_cif(item, config.max_atoms)[0]  # refuses an oversized CIF before expanding it
         except InvalidInput as exc:
-            raise InvalidInput(f"{item_id}: malformed CIF: {exc}") from exc
+            what = "" if hasattr(exc, "n_sites") else "malformed CIF: "  # too large is not malformed
+            raise InvalidInput(f"{item_id}: {what}{exc}") from exc
     if not isinstance(item, Structure):
         raise InvalidInput(f"{item_id}: expected a pymatgen Structure or CIF text, got {type(item).__name__}")
     if len(item) == 0:
         raise InvalidInput(f"{item_id}: structure has no sites")
-    if len(item) > config.max_atoms:
-        raise InvalidInput(f"{item_id}: {len(item)} sites exceeds the limit of {config.max_atoms} atoms per cell")
-    if not np.all(np.isfinite(item.frac_coords)) or not np.all(np.isfinite(item.lattice.matrix)):
-        raise InvalidInput(f"{item_id}: NaN or infinite coordinates or lattice")
-    if item.lattice.volume <= 1e-6 or not math.isfinite(item.lattice.volume):
-        raise InvalidInput(f"{item_id}: degenerate cell (volume {item.lattice.volume:g} Å^3)")
+    try:
+        check_site_count(len(item), config.max_atoms)
+        check_cell(item)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{item_id}: {exc}") from exc
     return item
 
 

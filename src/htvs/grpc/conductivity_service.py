@@ -8,7 +8,9 @@ Which errors are per row and which refuse the whole request:
 * Per row (a ``RowError``, status OK, the other rows predicted): what
   :func:`~htvs.conductivity.predict.predict_conductivity` reports per item (malformed CIF, no
   sites, too many sites naming the limit, NaN coordinates, degenerate cell, graph failure), a
-  pymatgen JSON that cannot be read, and a structure without Li, which is *not predicted*: its
+  pymatgen JSON that cannot be read (read by :mod:`htvs.prototypes.readers`: nothing it names is
+  imported, nesting is bounded, more than ``max_atoms`` sites are refused before building the
+  structure), and a structure without Li, which is *not predicted*: its
   row has ``no_lithium`` set and a RowError of kind ``"NoLithium"`` (:data:`htvs.errors.NO_LITHIUM`).
 
 The ensemble is loaded once by the caller (:func:`htvs.conductivity.predict.load_ensemble`) and
@@ -142,7 +144,7 @@ class ConductivityServicer(pb_grpc.ConductivityServiceServicer):
                 origin.append(index)
                 continue
             try:
-                structure = structure_from_proto(message, f"structures[{index}]")
+                structure = structure_from_proto(message, f"structures[{index}]", config.max_atoms)
             except HTVSError as exc:
                 error = common_pb2.RowError(index=index, value=message.id, message=str(exc), kind=type(exc).__name__)
                 rows[index] = pb.ConductivityRow(id=message.id, error=error)

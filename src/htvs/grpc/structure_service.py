@@ -4,14 +4,18 @@ Which errors are per row and which refuse the whole request:
 
 * Whole request (INVALID_ARGUMENT, nothing computed): an empty batch, a batch above
   ``max_batch_rows``, inline rows together with a store ``input``, in Materialize both or neither of inline
-  prototypes and ``prototype_set``, an inline prototype that cannot be read or is disordered, or
-  two inline prototypes with one id; in Deduplicate a bad tolerance. An unknown
+  prototypes and ``prototype_set``, an inline prototype that cannot be read, is disordered or has
+  more than ``max_sites`` sites (default 1,000), or two inline prototypes with one id; in
+  Deduplicate a bad tolerance. An unknown
   ``prototype_set`` is NOT_FOUND.
 * Per row (a ``RowError``, status OK, the other rows computed): what
   :func:`~htvs.structures.materialize` reports per row (unknown prototype id, species not in
   the prototype, unknown element, formula mismatch), and what
   :func:`~htvs.structures.deduplicate` refuses (unreadable, disordered, empty, non-finite
-  structure, repeated id).
+  structure, repeated id), and a structure of more than ``max_sites`` sites.
+
+Structure text is untrusted: it is read by :mod:`htvs.prototypes.readers`, which never imports a
+module a pymatgen JSON names, bounds JSON nesting, and refuses an oversized CIF before expanding it.
 
 Structures travel as CIF text or pymatgen JSON (:class:`StructureData`); the helpers
 :func:`structure_from_proto` and :func:`structure_to_proto` are shared with the conductivity
@@ -48,6 +52,9 @@ from htvs.structures import (
 
 #: Default largest number of rows (substitutions, structures, inline prototypes) per request.
 DEFAULT_MAX_BATCH_ROWS = 10_000
+#: Default most sites of one structure a request sends (inline prototypes, Deduplicate structures);
+#: prototype sets keep cells to 200 atoms by default (``PrototypeFilter.max_atoms``).
+DEFAULT_MAX_SITES = 1_000
 
 _RESCALING = {
     pb.VOLUME_RESCALING_UNSPECIFIED: VolumeRescaling.IONIC_RADII,
@@ -59,30 +66,31 @@ _RESCALING = {
 # --------------------------------------------------------------------------- structures as text
 
 
-def structure_from_proto(message: pb.StructureData, what: str = "structure") -> Structure:
+def structure_from_proto(message: pb.StructureData, what: str = "structure", max_sites: int | None = None) -> Structure:
     """The pymatgen structure of a :class:`StructureData` (first data block of a CIF).
+
+    Read by :mod:`htvs.prototypes.readers` (untrusted text: JSON decoded without importing
+    anything it names, nesting bounded; a CIF refused before its symmetry expansion when it
+    would exceed ``max_sites``; the cell checked).
 
     Args:
         message: the structure with its id.
         what: how to name the item in error messages, e.g. ``"structures[3]"``.
+        max_sites: most sites (default :data:`~htvs.prototypes.readers.DEFAULT_MAX_SITES`).
 
     Raises:
-        InvalidInput: no content, or text that is not a readable CIF / pymatgen JSON; the
-            message names the item and its id.
+        InvalidInput: no content, text that is not a readable CIF / pymatgen JSON, or a refused
+            structure; the message names the item and its id.
     """
-    from htvs.prototypes.readers import parse_cif, structure_from_json
+    from htvs.prototypes.readers import FileKind, parse_structures
 
     label = f"{what} ({message.id!r})" if message.id else what
     content = message.WhichOneof("content")
     try:
         if content == "cif":
-            return parse_cif(message.cif)[0]
+            return parse_structures(message.cif, FileKind.CIF, max_sites)[0]
         if content == "pymatgen_json":
-            try:
-                obj = json.loads(message.pymatgen_json)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"invalid JSON: {exc}") from exc
-            return structure_from_json(obj)
+            return parse_structures(message.pymatgen_json, FileKind.JSON, max_sites)[0]
     except InvalidInput as exc:
         raise InvalidInput(f"{label}: {exc}") from exc
     raise InvalidInput(f"{label} has neither cif nor pymatgen_json")
@@ -161,12 +169,15 @@ def substitution_frame(substitutions: Sequence[substitution_pb2.Substitution]) -
     return pd.DataFrame.from_records(records)
 
 
-def inline_prototypes(messages: Sequence[pb.StructureData]) -> dict[str, Prototype]:
+def inline_prototypes(
+    messages: Sequence[pb.StructureData], max_sites: int = DEFAULT_MAX_SITES
+) -> dict[str, Prototype]:
     """Prototypes of the request's inline structures (oxidation states removed).
 
     Raises:
-        InvalidInput: an empty or repeated id, a structure that cannot be read, or a disordered
-            one; the message names the prototype.
+        InvalidInput: an empty or repeated id, a structure that cannot be read, one of more
+            than ``max_sites`` sites (a CIF is refused before its symmetry expansion), or a
+            disordered one; the message names the prototype.
     """
     from htvs.prototypes.filters import disorder_reason, element_structure
 
@@ -177,7 +188,7 @@ def inline_prototypes(messages: Sequence[pb.StructureData]) -> dict[str, Prototy
             raise InvalidInput(f"{what} has no id")
         if message.id in out:
             raise InvalidInput(f"{what}: prototype id {message.id!r} is given twice")
-        structure = structure_from_proto(message, what)
+        structure = structure_from_proto(message, what, max_sites)
         try:
             structure = element_structure(structure)
         except InvalidInput as exc:
@@ -200,6 +211,9 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
         prototype_sets: named prototype sets loaded before the server starts (e.g.
             ``{"bundled": load_prototypes("bundled")}``); Materialize may use them by name.
         max_batch_rows: most substitutions, structures or inline prototypes per request.
+        max_sites: most sites of one structure in a request (an inline prototype above it
+            refuses the request; a Deduplicate structure above it is refused as its row); a CIF
+            is refused before pymatgen expands its symmetry.
     """
 
     service_name = pb.DESCRIPTOR.services_by_name["StructureService"].full_name
@@ -211,9 +225,13 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
         prototype_sets: Mapping[str, PrototypeSet] | None = None,
         *,
         max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        max_sites: int = DEFAULT_MAX_SITES,
     ) -> None:
         if max_batch_rows < 1:
             raise InvalidInput(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        if isinstance(max_sites, bool) or not isinstance(max_sites, int) or max_sites < 1:
+            raise InvalidInput(f"max_sites must be a positive integer, got {max_sites!r}")
+        self.max_sites = max_sites
         self._sets = {
             name: {p.id: p for p in loaded.prototypes} for name, loaded in (prototype_sets or {}).items()
         }
@@ -243,7 +261,7 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
                 f"MaterializeRequest has {n_inline} inline prototypes, more than this server's limit of "
                 f"{self.max_batch_rows}"
             )
-        return inline_prototypes(request.prototypes)
+        return inline_prototypes(request.prototypes, self.max_sites)
 
     # -- RPCs -------------------------------------------------------------------------------
 
@@ -297,7 +315,7 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
                 refused.append(_row_error(index, "", f"{what} has no id"))
                 continue
             try:
-                structure = structure_from_proto(message, what)
+                structure = structure_from_proto(message, what, self.max_sites)
             except HTVSError as exc:
                 refused.append(_row_error(index, message.id, str(exc), type(exc).__name__))
                 continue

@@ -10,7 +10,6 @@ folder path.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from htvs.prototypes.ordering import OrderingBudget
 from htvs.prototypes.readers import (
     FileKind,
     classify_file,
+    decode_json,
     parse_cif,
     parse_structures,
     read_text,
@@ -65,7 +65,10 @@ class FolderSource:
     (``*.json.gz``, ...). A prototype's id is the file name without its format suffix (a CIF
     with several data blocks gives ``<stem>:1``, ``<stem>:2``, ...). Every other file, and every
     malformed, disordered or filtered-out structure, is reported in ``skipped`` under its file
-    name; hidden files are ignored.
+    name; hidden files are ignored. Files are untrusted input (see :mod:`htvs.prototypes.readers`):
+    a JSON never imports what it names, deeply nested JSON is a skipped file, and a CIF whose
+    symmetry expansion exceeds :data:`~htvs.prototypes.readers.DEFAULT_MAX_SITES` sites is
+    skipped before it is expanded (the filter's ``max_atoms`` applies to what is read).
 
     Attributes:
         folder: the folder to read.
@@ -203,8 +206,8 @@ def _load_bundled(prototype_filter: PrototypeFilter, budget: OrderingBudget | No
     for stem, read in _pymatgen_structure_files():
         prototype_id = f"pymatgen:{stem}"
         try:
-            structure = structure_from_json(json.loads(read()))
-        except (InvalidInput, json.JSONDecodeError) as e:
+            structure = structure_from_json(decode_json(read()))
+        except InvalidInput as e:
             collector.skip(prototype_id, str(e))
             continue
         collector.admit(prototype_id, prototype_id, structure)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 from pymatgen.core import Structure
 
 from htvs.errors import InvalidInput
@@ -18,19 +17,27 @@ from htvs.validation.config import SupercellConfig
 LI = "Li"
 
 
-def structure_from_cif_text(text: str, name: str = "CIF") -> Structure:
+def structure_from_cif_text(text: str, name: str = "CIF", max_sites: int | None = None) -> Structure:
     """The (single) structure of a CIF, checked with :func:`check_structure`.
 
+    Args:
+        text: the CIF.
+        name: how messages name it.
+        max_sites: most sites the structure may have (default
+            :data:`~htvs.prototypes.readers.DEFAULT_MAX_SITES`); a CIF whose symmetry
+            expansion would exceed it is refused before pymatgen expands it, so an oversized
+            input costs milliseconds, not the seconds of building it.
+
     Raises:
-        InvalidInput: unreadable CIF, several structures, disorder (with the reason), no Li,
-            non-finite coordinates; the message names ``name``.
+        InvalidInput: unreadable CIF, several structures, more than ``max_sites`` sites,
+            disorder (with the reason), no Li, a refused cell; the message names ``name``.
     """
     from htvs.prototypes.readers import parse_cif
 
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"{name}: empty CIF")
     try:
-        structures = parse_cif(text)
+        structures = parse_cif(text, max_sites)
     except InvalidInput as exc:
         raise InvalidInput(f"{name}: {exc}") from exc
     if len(structures) != 1:
@@ -38,8 +45,8 @@ def structure_from_cif_text(text: str, name: str = "CIF") -> Structure:
     return check_structure(structures[0], name)
 
 
-def read_structure_file(path: str | Path) -> Structure:
-    """A structure from a CIF file (see :func:`structure_from_cif_text`).
+def read_structure_file(path: str | Path, max_sites: int | None = None) -> Structure:
+    """A structure from a CIF file (see :func:`structure_from_cif_text`, also for ``max_sites``).
 
     Raises:
         InvalidInput: the file is missing, unreadable, or its structure is refused.
@@ -53,7 +60,7 @@ def read_structure_file(path: str | Path) -> Structure:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"cannot read {path.name}: {exc}") from exc
-    return structure_from_cif_text(text, path.name)
+    return structure_from_cif_text(text, path.name, max_sites)
 
 
 def check_structure(structure: Structure, name: str = "structure") -> Structure:
@@ -61,12 +68,18 @@ def check_structure(structure: Structure, name: str = "structure") -> Structure:
 
     Raises:
         InvalidInput: disordered (the reason lists the mixed/partial sites), no Li, Li only,
-            empty, dummy species, or non-finite coordinates / lattice.
+            empty, dummy species, or a cell :func:`~htvs.prototypes.readers.check_cell` refuses
+            (non-finite, lattice length outside 0.5-1000 Å, under 1 Å^3 per site).
     """
     from htvs.prototypes.filters import disorder_reason, element_structure
+    from htvs.prototypes.readers import check_cell
 
     if len(structure) == 0:
         raise InvalidInput(f"{name}: the structure has no sites")
+    try:
+        check_cell(structure)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{name}: {exc}") from exc
     if not structure.is_ordered:
         raise InvalidInput(
             f"{name}: {disorder_reason(structure)}; stage 7 needs an ordered structure "
@@ -76,10 +89,6 @@ def check_structure(structure: Structure, name: str = "structure") -> Structure:
         plain = element_structure(structure)
     except InvalidInput as exc:
         raise InvalidInput(f"{name}: {exc}") from exc
-    if not np.all(np.isfinite(plain.lattice.matrix)) or not np.all(np.isfinite(plain.frac_coords)):
-        raise InvalidInput(f"{name}: non-finite lattice or coordinates")
-    if plain.volume <= 0:
-        raise InvalidInput(f"{name}: cell volume {plain.volume} Å^3 is not positive")
     symbols = {site.specie.symbol for site in plain}
     if LI not in symbols:
         raise InvalidInput(f"{name}: {plain.composition.reduced_formula} contains no Li; nothing to validate")
