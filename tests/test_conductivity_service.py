@@ -140,6 +140,38 @@ def test_server_atom_limit_applies_without_max_atoms(stub, servicer) -> None:
     assert f"limit of {limit} atoms" in row.error.message and f"{len(big)} sites" in row.error.message
 
 
+def test_untrusted_structures_are_row_errors_and_import_nothing(stub) -> None:
+    """Fuzzing reproducers: a JSON naming a module, ``"[" * 100000``, a subnormal cell, a CIF whose
+    symmetry expands to ~19k sites (refused before expansion, in well under a second)."""
+    import sys
+    import time
+
+    from test_hardening_structures import DEEP, expanding_cif, subnormal_cif
+
+    assert "tabnanny" not in sys.modules
+    evil = li2o().as_dict()
+    evil["sites"][0]["properties"] = {"x": {"@module": "tabnanny", "@class": "X"}}
+    structures = [
+        spb.StructureData(id="evil", pymatgen_json=json.dumps(evil)),
+        spb.StructureData(id="deep", pymatgen_json=DEEP),
+        spb.StructureData(id="tiny", cif=subnormal_cif()),
+        spb.StructureData(id="big", cif=expanding_cif()),
+        as_json("Li2O", li2o()),
+    ]
+    start = time.perf_counter()
+    response = stub.Predict(pb.ConductivityPredictRequest(structures=structures, max_atoms=50), timeout=60)
+    assert time.perf_counter() - start < 20
+    rows = response.rows
+    assert (response.n_predicted, response.n_errors) == (1, 4)
+    assert_predicted(rows[4])
+    assert "tabnanny" in rows[0].error.message and "tabnanny" not in sys.modules
+    assert "structures[1] ('deep')" in rows[1].error.message and "nested too deeply" in rows[1].error.message
+    assert "1e-320 Å is outside the accepted 0.5-1000 Å" in rows[2].error.message
+    assert "big: " in rows[3].error.message and "limit of 50 atoms" in rows[3].error.message
+    assert "not expanded" in rows[3].error.message and "malformed" not in rows[3].error.message
+    assert all(rows[i].error.kind == "InvalidInput" for i in range(4))
+
+
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
