@@ -41,7 +41,7 @@ def parse_composition(formula: str) -> Composition:
         raise InvalidInput(f"formula {shown(formula)} has no atoms")
     for el, amount in comp.items():
         if not isinstance(el, Element):
-            raise InvalidInput(f"formula {shown(formula)}: {shown(str(el))} is not a chemical element")
+            raise InvalidInput(f"formula {shown(formula)}: {el} is not a chemical element")
         if not math.isfinite(amount) or amount <= 0:
             raise InvalidInput(f"formula {shown(formula)}: amount of {el} must be positive and finite, got {amount}")
     # pymatgen drops an element whose amount is 0 (or below its tolerance): "Li0S" would be "S"
