@@ -81,7 +81,10 @@ def shown(value: object, limit: int = 80) -> str:
     Echo a caller's value with it so that no message grows with the input (a status message must
     fit in gRPC metadata): ``shown("x" * 5000)`` is ``'xxx...x... (5000 characters)``, 80 in all.
     """
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits
+        text = f"<{type(value).__name__}>"
     if len(text) <= limit:
         return text
     size = f" ({len(value)} characters)" if isinstance(value, str) else ""
