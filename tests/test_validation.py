@@ -152,8 +152,8 @@ def test_temperatures_are_sorted_floats() -> None:
     [
         (lambda: MDConfig(heat_ps=-1), "heat time must be >= 0 ps, got -1"),
         (lambda: MDConfig(production_ps=-40), "production time must be > 0 ps, got -40"),
-        (lambda: MDConfig(timestep_fs=0), "timestep must be > 0 fs, got 0"),
-        (lambda: MDConfig(equilibrate_ps=float("inf")), "equilibrate time (ps) must be finite"),
+        (lambda: MDConfig(timestep_fs=0), "timestep must be >= 0.1 fs, got 0 (allowed: [0.1, 10] fs)"),
+        (lambda: MDConfig(equilibrate_ps=float("inf")), "equilibrate time must be a finite number, got inf"),
         (lambda: SupercellConfig(min_length_angstrom=-8), "min supercell length must be >= 0 Å, got -8"),
         (lambda: SupercellConfig(max_atoms=0), "max atoms must be >= 1, got 0"),
         (lambda: RelaxConfig(fmax_ev_per_angstrom=-0.05), "fmax must be > 0 eV/Å, got -0.05"),

@@ -3,19 +3,61 @@
 Defaults follow the paper's protocol (Du & Wang): NVT with a Nosé–Hoover thermostat, start at
 100 K and heat to T by velocity scaling over 2 ps, equilibrate 5 ps, produce 40 ps with a 2 fs
 step, at several T in 600–1500 K; sigma(300 K) from the Arrhenius extrapolation, its range from
-production windows of 10, 20, 30 and 40 ps. Every length is configurable. Each config checks
-itself on construction and raises :class:`~htvs.errors.InvalidInput` naming the offending value.
+production windows of 10, 20, 30 and 40 ps. Every length is configurable within a sane range
+(the module's :class:`~htvs.ranges.Range` constants), and the whole protocol is at most
+``MAX_TOTAL_MD_STEPS`` steps. Each config checks itself on construction and raises
+:class:`~htvs.errors.InvalidInput` naming the offending setting, its value and the allowed range.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from htvs.errors import InvalidInput, finite_number
+from htvs.errors import InvalidInput
+from htvs.ranges import Range, shown
 
 #: Highest MD temperature accepted, K (above it every solid here is far beyond melting).
 MAX_TEMPERATURE_K = 5000.0
+#: MD temperatures (and the start and extrapolation temperatures), K.
+TEMPERATURE_K = Range(0.0, MAX_TEMPERATURE_K, "K", low_open=True)
+#: Most MD temperatures in one protocol.
+MAX_TEMPERATURES = 32
+#: MD time step, fs (below 0.1 fs nothing is gained; above 10 fs Li dynamics is not integrated).
+TIMESTEP_FS = Range(0.1, 10.0, "fs")
+#: Heating and equilibration lengths, ps (0: skip the phase).
+PHASE_PS = Range(0.0, 100_000.0, "ps")
+#: Production length, ps.
+PRODUCTION_PS = Range(0.0, 100_000.0, "ps", low_open=True)
+#: Steps of the whole protocol (every temperature's heating + equilibration + production).
+MAX_TOTAL_MD_STEPS = 100_000_000
+#: Nosé–Hoover time constant, fs.
+THERMOSTAT_DAMPING_FS = Range(0.0, 100_000.0, "fs", low_open=True)
+#: Length of the Nosé–Hoover chain.
+THERMOSTAT_CHAIN = Range(1, 10, integer=True)
+#: Velocity-scaling, recording and checkpoint intervals, MD steps.
+INTERVAL_STEPS = Range(1, 10_000_000, "steps", integer=True)
+#: Seeds of the initial velocities and of the bootstrap.
+SEED = Range(0, 2**32 - 1, integer=True)
+#: Relaxation force criterion, eV/Å.
+FMAX_EV_PER_ANGSTROM = Range(0.0, 10.0, "eV/Å", low_open=True)
+#: Relaxation optimizer steps.
+RELAX_STEPS = Range(0, 100_000, "steps", integer=True)
+#: Minimum supercell vector length, Å (0 keeps the cell).
+SUPERCELL_LENGTH_ANGSTROM = Range(0.0, 100.0, "Å")
+#: Minimum number of atoms of the MD cell (0: no minimum).
+MIN_ATOMS = Range(0, 100_000, integer=True)
+#: Maximum number of atoms of the MD cell.
+MAX_ATOMS = Range(1, 100_000, integer=True)
+#: A production window as a fraction of the production run.
+WINDOW_FRACTION = Range(0.0, 1.0, low_open=True)
+#: Most production windows.
+MAX_WINDOWS = 100
+#: ``DiffusionAnalyzer``'s ``min_obs`` and ``avg_nsteps``.
+MSD_SETTING = Range(1, 1_000_000, integer=True)
+#: Parametric-bootstrap draws.
+BOOTSTRAP_DRAWS = Range(0, 100_000, integer=True)
 #: The paper's temperatures lie in 600–1500 K; these are the default four.
 DEFAULT_TEMPERATURES_K = (600.0, 800.0, 1000.0, 1200.0)
 #: Backends :func:`htvs.validation.backends.load_backend` knows.
@@ -24,50 +66,56 @@ BACKENDS = ("mlip", "vasp")
 SMOOTHING_MODES = ("max", "constant", "none")
 
 
-def _number(name: str, value: object) -> float:
-    """``value`` as a finite float, or InvalidInput naming ``name`` and the value."""
-    return finite_number(name, value)
-
-
-def _integer(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise InvalidInput(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise InvalidInput(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
+def _items(name: str, value: object, most: int) -> tuple:
+    """``value`` (a list, tuple or other iterable, not a string) as a tuple of at most ``most``
+    items; InvalidInput naming ``name`` otherwise."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise InvalidInput(f"{name} must be a list, got {shown(value)}")
+    items = []
+    for item in value:  # type: ignore[union-attr]
+        items.append(item)
+        if len(items) > most:
+            raise InvalidInput(f"{name}: at most {most} items, got more: {shown(value)}")
+    return tuple(items)
 
 
 def check_temperature(value: object, name: str = "temperature") -> float:
-    """A temperature in K within (0, ``MAX_TEMPERATURE_K``]; InvalidInput naming the value."""
-    temperature = _number(f"{name} (K)", value)
-    if temperature <= 0:
-        raise InvalidInput(f"{name} must be > 0 K, got {value!r}")
-    if temperature > MAX_TEMPERATURE_K:
-        raise InvalidInput(f"{name} must be <= {MAX_TEMPERATURE_K:g} K, got {value!r}")
-    return temperature
+    """A temperature in K within (0, ``MAX_TEMPERATURE_K``] (a number or its text, as on a
+    command line); InvalidInput naming the value and the range."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidInput(f"{name} must be a number of K, got {shown(value)}") from None
+    return TEMPERATURE_K.check(name, number, as_given=value)
 
 
 def parse_temperatures(text: str | Iterable[object]) -> tuple[float, ...]:
     """``"600,800,1000"`` (or a sequence) -> sorted distinct temperatures in K.
 
     Raises:
-        InvalidInput: an empty list, a non-numeric item, a temperature <= 0 K or above
-            ``MAX_TEMPERATURE_K``, or a repeated temperature; the message names the item.
+        InvalidInput: an empty list, more than ``MAX_TEMPERATURES`` items, a non-numeric item,
+            a temperature <= 0 K or above ``MAX_TEMPERATURE_K``, or a repeated temperature; the
+            message names the item.
     """
-    items: list[object]
+    items: tuple
     if isinstance(text, str):
-        items = [part.strip() for part in text.split(",")]
+        parts = text.split(",", MAX_TEMPERATURES)
+        if len(parts) > MAX_TEMPERATURES:
+            raise InvalidInput(f"temperatures: at most {MAX_TEMPERATURES} values, got more in {shown(text)}")
+        items = tuple(part.strip() for part in parts)
         if all(not part for part in items):
-            raise InvalidInput(f"temperatures: no value in {text!r}; give e.g. 600,800,1000,1200")
+            raise InvalidInput(f"temperatures: no value in {shown(text)}; give e.g. 600,800,1000,1200")
         if any(not part for part in items):
-            raise InvalidInput(f"temperatures: empty item in {text!r}")
+            raise InvalidInput(f"temperatures: empty item in {shown(text)}")
     else:
-        items = list(text)
+        items = _items("temperatures", text, MAX_TEMPERATURES)
     if not items:
         raise InvalidInput("temperatures: give at least one temperature in K")
-    values = [check_temperature(item, f"temperature {item!r}") for item in items]
+    values = [check_temperature(item, f"temperature {shown(item)}") for item in items]
     if len(set(values)) != len(values):
-        raise InvalidInput(f"temperatures: repeated value in {list(items)!r}")
+        raise InvalidInput(f"temperatures: repeated value in {shown(list(items))}")
     return tuple(sorted(values))
 
 
@@ -87,10 +135,10 @@ class RelaxConfig:
     relax_cell: bool = True
 
     def __post_init__(self) -> None:
-        fmax = _number("fmax (eV/Å)", self.fmax_ev_per_angstrom)
-        if fmax <= 0:
-            raise InvalidInput(f"fmax must be > 0 eV/Å, got {self.fmax_ev_per_angstrom!r}")
-        _integer("max relax steps", self.max_steps, 0)
+        FMAX_EV_PER_ANGSTROM.check("fmax", self.fmax_ev_per_angstrom)
+        RELAX_STEPS.check("max relax steps", self.max_steps)
+        if not isinstance(self.relax_cell, bool):
+            raise InvalidInput(f"relax_cell must be true or false, got {shown(self.relax_cell)}")
 
 
 @dataclass(frozen=True)
@@ -113,11 +161,9 @@ class SupercellConfig:
     max_atoms: int = 200
 
     def __post_init__(self) -> None:
-        length = _number("min supercell length (Å)", self.min_length_angstrom)
-        if length < 0:
-            raise InvalidInput(f"min supercell length must be >= 0 Å, got {self.min_length_angstrom!r}")
-        _integer("min atoms", self.min_atoms, 0)
-        _integer("max atoms", self.max_atoms, 1)
+        SUPERCELL_LENGTH_ANGSTROM.check("min supercell length", self.min_length_angstrom)
+        MIN_ATOMS.check("min atoms", self.min_atoms)
+        MAX_ATOMS.check("max atoms", self.max_atoms)
         if self.min_atoms > self.max_atoms:
             raise InvalidInput(f"min atoms {self.min_atoms} exceeds max atoms {self.max_atoms}")
 
@@ -165,26 +211,26 @@ class MDConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures_k", parse_temperatures(self.temperatures_k))
-        step = _number("timestep (fs)", self.timestep_fs)
-        if step <= 0:
-            raise InvalidInput(f"timestep must be > 0 fs, got {self.timestep_fs!r}")
-        if step > 10:
-            raise InvalidInput(f"timestep must be <= 10 fs for Li dynamics, got {self.timestep_fs!r}")
-        for name, value in (("heat", self.heat_ps), ("equilibrate", self.equilibrate_ps)):
-            if _number(f"{name} time (ps)", value) < 0:
-                raise InvalidInput(f"{name} time must be >= 0 ps, got {value!r}")
-        if _number("production time (ps)", self.production_ps) <= 0:
-            raise InvalidInput(f"production time must be > 0 ps, got {self.production_ps!r}")
-        check_temperature(self.start_temperature_k, "start temperature")
-        if self.thermostat_damping_fs is not None and _number(
-            "thermostat damping (fs)", self.thermostat_damping_fs
-        ) <= 0:
-            raise InvalidInput(f"thermostat damping must be > 0 fs, got {self.thermostat_damping_fs!r}")
-        _integer("thermostat chain", self.thermostat_chain, 1)
-        _integer("rescale interval (steps)", self.rescale_every_steps, 1)
-        _integer("record interval (steps)", self.record_every_steps, 1)
-        _integer("checkpoint interval (steps)", self.checkpoint_every_steps, 1)
-        _integer("seed", self.seed, 0)
+        TIMESTEP_FS.check("timestep", self.timestep_fs)
+        PHASE_PS.check("heat time", self.heat_ps)
+        PHASE_PS.check("equilibrate time", self.equilibrate_ps)
+        PRODUCTION_PS.check("production time", self.production_ps)
+        TEMPERATURE_K.check("start temperature", self.start_temperature_k)
+        if self.thermostat_damping_fs is not None:
+            THERMOSTAT_DAMPING_FS.check("thermostat damping", self.thermostat_damping_fs)
+        THERMOSTAT_CHAIN.check("thermostat chain", self.thermostat_chain)
+        INTERVAL_STEPS.check("rescale interval", self.rescale_every_steps)
+        INTERVAL_STEPS.check("record interval", self.record_every_steps)
+        INTERVAL_STEPS.check("checkpoint interval", self.checkpoint_every_steps)
+        SEED.check("seed", self.seed)
+        total = len(self.temperatures_k) * self.total_steps
+        if total > MAX_TOTAL_MD_STEPS:
+            raise InvalidInput(
+                f"the MD protocol is {total:,} steps ({len(self.temperatures_k)} temperatures x "
+                f"{self.heat_ps:g} + {self.equilibrate_ps:g} + {self.production_ps:g} ps at "
+                f"{self.timestep_fs:g} fs), more than {MAX_TOTAL_MD_STEPS:,}; shorten heat, "
+                "equilibrate or production, or lengthen the timestep"
+            )
         if self.production_steps < 2 * self.record_every_steps:
             raise InvalidInput(
                 f"production of {self.production_ps} ps at {self.timestep_fs} fs is "
@@ -249,21 +295,20 @@ class AnalysisConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        fractions = tuple(_number("window fraction", f) for f in self.window_fractions)
-        if not fractions or any(not 0 < f <= 1 for f in fractions):
-            raise InvalidInput(f"window fractions must lie in (0, 1], got {self.window_fractions!r}")
-        if sorted(set(fractions)) != list(fractions) or fractions[-1] != 1.0:
+        given = _items("window fractions", self.window_fractions, MAX_WINDOWS)
+        fractions = tuple(WINDOW_FRACTION.check("window fraction", f) for f in given)
+        if not fractions or sorted(set(fractions)) != list(fractions) or fractions[-1] != 1.0:
             raise InvalidInput(
-                f"window fractions must increase and end with 1.0, got {self.window_fractions!r}"
+                f"window fractions must increase and end with 1.0, got {shown(self.window_fractions)}"
             )
         object.__setattr__(self, "window_fractions", fractions)
-        if self.smoothing not in SMOOTHING_MODES:
-            raise InvalidInput(f"smoothing must be one of {SMOOTHING_MODES}, got {self.smoothing!r}")
-        _integer("min_obs", self.min_obs, 1)
-        _integer("avg_nsteps", self.avg_nsteps, 1)
-        check_temperature(self.target_temperature_k, "target temperature")
-        _integer("bootstrap draws", self.n_bootstrap, 0)
-        _integer("seed", self.seed, 0)
+        if not isinstance(self.smoothing, str) or self.smoothing not in SMOOTHING_MODES:
+            raise InvalidInput(f"smoothing must be one of {SMOOTHING_MODES}, got {shown(self.smoothing)}")
+        MSD_SETTING.check("min_obs", self.min_obs)
+        MSD_SETTING.check("avg_nsteps", self.avg_nsteps)
+        TEMPERATURE_K.check("target temperature", self.target_temperature_k)
+        BOOTSTRAP_DRAWS.check("bootstrap draws", self.n_bootstrap)
+        SEED.check("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -287,12 +332,12 @@ class ValidationConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise InvalidInput(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
-        if self.device is not None and self.device not in ("cpu", "cuda", "mps") and not self.device.startswith(
-            "cuda:"
+        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
+            raise InvalidInput(f"unknown backend {shown(self.backend)}; choose from {', '.join(BACKENDS)}")
+        if self.device is not None and not (
+            isinstance(self.device, str) and re.fullmatch(r"cpu|mps|cuda(:[0-9]{1,3})?", self.device)
         ):
-            raise InvalidInput(f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+            raise InvalidInput(f"device must be cpu, cuda, cuda:N or mps, got {shown(self.device)}")
         if len(self.md.temperatures_k) < 2:
             raise InvalidInput(
                 f"sigma(300 K) needs an Arrhenius fit over two or more temperatures, got "
