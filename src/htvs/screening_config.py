@@ -8,15 +8,23 @@ module imports nothing heavy, so the CLI and the config loader can read it at st
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
-from htvs.errors import InvalidInput
+from htvs.ranges import Range
+
+#: Allowed range of each threshold (wide: a threshold may keep everything or nothing, but a
+#: number far outside the physics of these quantities is a typo).
+THRESHOLD_RANGES: dict[str, Range] = {
+    "max_e_form_ev_per_atom": Range(-20.0, 20.0, "eV/atom"),
+    "max_e_above_hull_ev_per_atom": Range(0.0, 20.0, "eV/atom"),
+    "min_band_gap_ev": Range(0.0, 100.0, "eV"),
+    "min_phi_ox_v": Range(-20.0, 20.0, "V"),
+}
 
 
 @dataclass(frozen=True)
 class CompositionScreenConfig:
-    """Thresholds of composition screening (units in the names)."""
+    """Thresholds of composition screening (units in the names; ranges in ``THRESHOLD_RANGES``)."""
 
     max_e_form_ev_per_atom: float = 0.1
     max_e_above_hull_ev_per_atom: float = 0.2
@@ -25,14 +33,7 @@ class CompositionScreenConfig:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidInput(f"{name} must be a finite number, got {value!r}")
-        if self.min_band_gap_ev < 0:
-            raise InvalidInput(f"min_band_gap_ev must be >= 0, got {self.min_band_gap_ev}")
-        if self.max_e_above_hull_ev_per_atom < 0:
-            raise InvalidInput(
-                f"max_e_above_hull_ev_per_atom must be >= 0, got {self.max_e_above_hull_ev_per_atom}"
-            )
+            THRESHOLD_RANGES[name].check(name, value)
 
 
 #: The paper's thresholds.

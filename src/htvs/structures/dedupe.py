@@ -43,7 +43,6 @@ framework match, so this skips only comparisons that must fail.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,10 +56,22 @@ from pymatgen.core import IStructure, Structure
 from htvs.errors import InvalidInput, RowError
 from htvs.prototypes.filters import disorder_reason
 from htvs.prototypes.records import Prototype
+from htvs.ranges import Range, shown
 from htvs.structures.records import MaterializedStructure
 
 #: What :func:`deduplicate` accepts: a materialized structure or an ``(id, structure)`` pair.
 DedupeItem = Union[MaterializedStructure, tuple[str, Structure]]
+
+
+#: Allowed ranges of :class:`DedupeConfig`'s tolerances (pymatgen accepts more, but an ``ltol``
+#: far above 1 fails inside the matcher and wider ones match unrelated structures).
+DEDUPE_RANGES: dict[str, Range] = {
+    "ltol": Range(0.0, 1.0, low_open=True),  # fraction of each lattice length
+    "stol": Range(0.0, 1.0, low_open=True),  # fraction of (V / n_sites)^(1/3)
+    "angle_tol": Range(0.0, 30.0, "degrees", low_open=True),
+    "symprec": Range(0.0, 1.0, "Å", low_open=True),
+    "spglib_angle_tolerance": Range(0.0, 30.0, "degrees", low_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,8 @@ class DedupeConfig:
             see the module docstring; off).
         symprec: spglib's distance tolerance, Å (only for ``group_by_space_group``).
         spglib_angle_tolerance: spglib's angle tolerance, degrees (idem).
+
+    A tolerance outside :data:`DEDUPE_RANGES` raises InvalidInput naming it and its range.
     """
 
     ltol: float = 0.2
@@ -96,10 +109,11 @@ class DedupeConfig:
     spglib_angle_tolerance: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("ltol", "stol", "angle_tol", "symprec", "spglib_angle_tolerance"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise InvalidInput(f"{name} must be a positive number, got {value!r}")
+        for name, allowed in DEDUPE_RANGES.items():
+            allowed.check(name, getattr(self, name))
+        for name in ("primitive_cell", "scale", "attempt_supercell", "group_by_site_count", "group_by_space_group"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInput(f"{name} must be true or false, got {shown(getattr(self, name))}")
 
     def matcher(self, framework: bool = False) -> StructureMatcher:
         """The ``StructureMatcher`` these settings describe (pymatgen's default species
