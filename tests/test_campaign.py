@@ -203,7 +203,7 @@ def test_single_steps_for_argo(tmp_path: Path, models) -> None:
         ({"conductivity__min_p_superionic": 1.5}, "conductivity.min_p_superionic"),
         ({"conductivity__models": "/no/such/cond"}, "/no/such/cond"),
         ({"validation": {"top_k": 1, "temperatures_k": [900]}}, "validation: .*two or more temperatures"),
-        ({"validation": {"top_k": 1, "temperatures_k": [600, -5]}}, "validation: .*-5"),
+        ({"validation": {"top_k": 1, "temperatures_k": [600, -5]}}, r"validation\.temperatures_k: .*-5"),
         ({"validation": {"top_k": 1, "backend": "gaussian"}}, "validation: .*'gaussian'"),
         ({"validation__top_k": -1}, "validation.top_k"),
     ],
