@@ -626,19 +626,20 @@ class DFTRunnerServicer(pb_grpc.DFTRunnerServiceServicer):
             seen = -1
             while context.is_active():
                 left = deadline - time.monotonic()
-                if left <= 0 and seen >= 0:
-                    return  # the last message sent is the current state; the client watches again
                 with job.changed:
                     job.changed.wait_for(lambda last=seen: job.version != last,
                                          timeout=max(0.0, min(_WATCH_POLL_S, left)))
-                    if job.version == seen:
-                        continue
-                    seen = job.version
-                    snapshot = pb.JobProgress()
-                    snapshot.CopyFrom(job.progress)
-                    done = job.state in _TERMINAL
-                yield snapshot
-                if done:
-                    return
+                    fresh = job.version != seen
+                    if fresh:
+                        seen = job.version
+                        snapshot = pb.JobProgress()
+                        snapshot.CopyFrom(job.progress)
+                        done = job.state in _TERMINAL
+                if fresh:
+                    yield snapshot
+                    if done:
+                        return
+                if left <= 0:
+                    return  # the last message sent is the current state; the client watches again
         finally:
             self._close_watch()
