@@ -179,6 +179,8 @@ def serve(
     check_service_name(name)
     if servicer is None:
         servicer = build_servicer(name, **resources)
+    if hasattr(servicer, "max_watch_streams"):  # dft: a Watch stream holds a call thread; half stay free
+        servicer.max_watch_streams = min(servicer.max_watch_streams, max(max_workers // 2, 1))
     if store is None:
         from htvs.settings import Settings
 
