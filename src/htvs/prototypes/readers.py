@@ -219,29 +219,34 @@ def check_cell(structure: Structure) -> Structure:
     Raises:
         InvalidInput: naming the offending length or volume and the accepted range.
     """
-    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    _check_lattice(structure.lattice.matrix, len(structure))
+    if len(structure) and not np.all(np.isfinite(structure.frac_coords)):
+        raise InvalidInput("non-finite (NaN or infinite) coordinates: a site has non-finite coordinates")
+    return structure
+
+
+def _check_lattice(lattice_matrix: Any, n_sites: int) -> None:
+    """The lattice part of :func:`check_cell`, for a 3x3 matrix (Å) and ``n_sites`` sites."""
+    matrix = np.asarray(lattice_matrix, dtype=float)
     if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)):
         raise InvalidInput("non-finite (NaN or infinite) lattice: the lattice matrix is not finite")
     scale = np.max(np.abs(matrix), axis=1)  # scaled so that subnormal lengths do not square to 0
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):  # an overflow gives inf, refused below
         unit = np.where(scale[:, None] > 0, matrix / np.where(scale > 0, scale, 1.0)[:, None], 0.0)
-    lengths = scale * np.sqrt(np.sum(unit * unit, axis=1))
+        lengths = scale * np.sqrt(np.sum(unit * unit, axis=1))
     for name, length in zip("abc", lengths, strict=True):
         if not MIN_LATTICE_LENGTH_ANGSTROM <= length <= MAX_LATTICE_LENGTH_ANGSTROM:
             raise InvalidInput(
                 f"lattice length {name} = {length:.4g} Å is outside the accepted "
                 f"{MIN_LATTICE_LENGTH_ANGSTROM:g}-{MAX_LATTICE_LENGTH_ANGSTROM:g} Å"
             )
-    volume = abs(float(np.linalg.det(matrix)))
-    n_sites = max(len(structure), 1)
-    if not math.isfinite(volume) or volume < MIN_VOLUME_PER_SITE_ANGSTROM3 * n_sites:
+    with np.errstate(all="ignore"):
+        volume = abs(float(np.linalg.det(matrix)))
+    if not math.isfinite(volume) or volume < MIN_VOLUME_PER_SITE_ANGSTROM3 * max(n_sites, 1):
         raise InvalidInput(
-            f"cell volume {volume:.4g} Å^3 for {len(structure)} sites is below the minimum of "
+            f"cell volume {volume:.4g} Å^3 for {n_sites} sites is below the minimum of "
             f"{MIN_VOLUME_PER_SITE_ANGSTROM3:g} Å^3 per site (collapsed or degenerate cell)"
         )
-    if len(structure) and not np.all(np.isfinite(structure.frac_coords)):
-        raise InvalidInput("non-finite (NaN or infinite) coordinates: a site has non-finite coordinates")
-    return structure
 
 
 def parse_cif(text: str, max_sites: int | None = None) -> list[Structure]:
@@ -387,7 +392,8 @@ def structure_from_json(obj: Any, max_sites: int | None = None) -> Structure:
     limit = site_limit(max_sites)
     if not isinstance(obj, dict):
         raise InvalidInput(f"expected a JSON object, got {type(obj).__name__}")
-    if obj.get("@class") in _ENTRY_CLASSES or ("structure" in obj and "energy" in obj):
+    tag = obj.get("@class")
+    if (isinstance(tag, str) and tag in _ENTRY_CLASSES) or ("structure" in obj and "energy" in obj):
         _check_tags(obj, "the entry", _ENTRY_CLASSES)
         inner = obj.get("structure")
         if not isinstance(inner, dict):
@@ -404,6 +410,7 @@ def structure_from_json(obj: Any, max_sites: int | None = None) -> Structure:
     if not isinstance(raw_sites, list):
         raise InvalidInput(f"'sites' must be a list, got {type(raw_sites).__name__}")
     check_site_count(len(raw_sites), limit)
+    _check_lattice(lattice.matrix, len(raw_sites))  # before building sites on it
     sites = [_site_from_json(raw, index, lattice) for index, raw in enumerate(raw_sites)]
     charge = obj.get("charge")
     if charge is not None:
@@ -426,7 +433,7 @@ def _check_tags(obj: dict, what: str, classes: frozenset[str]) -> None:
     if module is None and cls is None:
         return
     pymatgen = module is None or (isinstance(module, str) and (module == "pymatgen" or module.startswith("pymatgen.")))
-    if pymatgen and (cls is None or cls in classes):
+    if pymatgen and (cls is None or (isinstance(cls, str) and cls in classes)):
         return
     raise InvalidInput(
         f"{what} is tagged @module={_clip(repr(module), 80)}, @class={_clip(repr(cls), 80)}; "
