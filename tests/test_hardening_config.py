@@ -29,7 +29,8 @@ from htvs.campaign.config import (
 )
 from htvs.cli import EXIT_BAD_INPUT, app
 from htvs.errors import InvalidInput
-from htvs.ranges import MAX_SHOWN_CHARS, Range, shown
+from htvs.errors import MAX_SHOWN_CHARS, shown
+from htvs.ranges import Range
 from htvs.screening_config import PAPER_THRESHOLDS, CompositionScreenConfig
 from htvs.structures.dedupe import DedupeConfig
 from htvs.validation import AnalysisConfig, MDConfig, RelaxConfig, SupercellConfig, ValidationConfig

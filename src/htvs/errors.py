@@ -75,17 +75,45 @@ def finite_number(name: str, value: object) -> float:
     return number
 
 
-def shown(value: object, limit: int = 80) -> str:
-    """``repr(value)`` for a message, cut to at most ``limit`` characters with ``...``.
+#: Longest text of an offending value in a message, characters.
+MAX_SHOWN_CHARS = 80
 
-    Echo a caller's value with it so that no message grows with the input (a status message must
-    fit in gRPC metadata): ``shown("x" * 5000)`` is ``'xxx...x... (5000 characters)``, 80 in all.
+
+def _bounded_repr():
+    """``reprlib`` with small limits, and huge integers described instead of converted to text
+    (Python refuses ``str`` of an int above 4300 digits)."""
+    import math
+    import reprlib
+
+    class BoundedRepr(reprlib.Repr):
+        def __init__(self) -> None:
+            super().__init__()
+            self.maxlevel = 3
+            self.maxstring = self.maxother = MAX_SHOWN_CHARS
+            self.maxlong = 40
+            self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = self.maxarray = 6
+            self.maxdict = 4
+
+        def repr_int(self, x: int, level: int) -> str:
+            if x.bit_length() > 128:
+                return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+            return super().repr_int(x, level)
+
+    return BoundedRepr()
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``repr(value)`` for a message, at most ``limit`` characters: the one way a caller's value
+    is echoed, so that no message grows with the input (a gRPC status message must fit in the
+    metadata). Never raises: nested containers are shown to three levels and six items, huge
+    integers by their size, a failing ``__repr__`` by the type; a long string is cut and its
+    length given, e.g. ``'xxxxxxx...' (5000 characters)``.
     """
     try:
-        text = repr(value)
-    except ValueError:  # an int of more than 4300 digits
+        text = _bounded_repr().repr(value)
+    except Exception:  # noqa: BLE001 - a __repr__ that fails; the type still names the value
         text = f"<{type(value).__name__}>"
-    if len(text) <= limit:
-        return text
-    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
-    return text[: max(limit - 3 - len(size), 1)] + "..." + size
+    size = f" ({len(value)} characters)" if isinstance(value, str) and len(repr(value)) > limit else ""
+    if len(text) + len(size) > limit:
+        text = text[: max(limit - 3 - len(size), 1)] + "..."
+    return text + size

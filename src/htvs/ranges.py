@@ -11,49 +11,9 @@ from __future__ import annotations
 
 import math
 import numbers
-import reprlib
 from dataclasses import dataclass
 
-from htvs.errors import InvalidInput
-
-#: Longest text of an offending value in a message, characters.
-MAX_SHOWN_CHARS = 80
-
-
-class _BoundedRepr(reprlib.Repr):
-    """``reprlib`` with small limits, and huge integers described instead of converted to text
-    (Python refuses ``str`` of an int above 4300 digits)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 3
-        self.maxstring = 60
-        self.maxother = 60
-        self.maxlong = 40
-        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = self.maxarray = 6
-        self.maxdict = 4
-
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > 128:
-            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
-        return super().repr_int(x, level)
-
-
-_REPR = _BoundedRepr()
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` cut to at most :data:`MAX_SHOWN_CHARS` characters, for error messages.
-
-    Never raises and never builds a long string: nested containers are shown to three levels
-    and six items, self-referencing ones included.
-    """
-    try:
-        text = _REPR.repr(value)
-    except Exception:  # a __repr__ that fails; the type still names the value
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
-
+from htvs.errors import InvalidInput, shown
 
 @dataclass(frozen=True)
 class Range:

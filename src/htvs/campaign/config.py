@@ -17,7 +17,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
 from htvs.errors import InvalidInput
-from htvs.ranges import Range, shown
+from htvs.errors import shown
+from htvs.ranges import Range
 from htvs.screening_config import PAPER_THRESHOLDS, THRESHOLD_RANGES
 
 #: Largest campaign config read, bytes (a campaign config is a few KB).

@@ -56,7 +56,8 @@ from pymatgen.core import IStructure, Structure
 from htvs.errors import InvalidInput, RowError
 from htvs.prototypes.filters import disorder_reason
 from htvs.prototypes.records import Prototype
-from htvs.ranges import Range, shown
+from htvs.errors import shown
+from htvs.ranges import Range
 from htvs.structures.records import MaterializedStructure
 
 #: What :func:`deduplicate` accepts: a materialized structure or an ``(id, structure)`` pair.

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from htvs.errors import InvalidInput
-from htvs.ranges import Range, shown
+from htvs.errors import shown
+from htvs.ranges import Range
 
 #: Highest MD temperature accepted, K (above it every solid here is far beyond melting).
 MAX_TEMPERATURE_K = 5000.0
