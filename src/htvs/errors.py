@@ -65,13 +65,13 @@ def finite_number(name: str, value: object) -> float:
     import math
 
     if isinstance(value, bool):
-        raise InvalidInput(f"{name} must be a number, got {value!r}")
+        raise InvalidInput(f"{name} must be a number, got {shown(value)}")
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{name} must be a number, got {value!r}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInput(f"{name} must be a number, got {shown(value)}") from exc
     if not math.isfinite(number):
-        raise InvalidInput(f"{name} must be finite, got {value!r}")
+        raise InvalidInput(f"{name} must be finite, got {shown(value)}")
     return number
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from htvs.errors import InvalidInput, RowError
-from htvs.formula import MAX_ATOMS_PER_FORMULA, parse_composition
+from htvs.errors import InvalidInput, RowError, shown
+from htvs.formula import MAX_ATOMS_PER_FORMULA, MAX_FORMULA_CHARS, parse_composition
 
 _PLAIN = re.compile(r"(?:[A-Z][a-z]?\d*(?:\.\d+)?)+")
 _TOKEN = re.compile(r"([A-Z][a-z]?)(\d*(?:\.\d+)?)")
@@ -63,6 +63,8 @@ def parse_fractions(formula: str, embedding: str = "matscholar200") -> tuple[lis
     """Atomic numbers and atomic fractions of ``formula``; raises InvalidInput with the reason."""
     known = embedding_elements(embedding)
     text = formula.strip() if isinstance(formula, str) else formula
+    if isinstance(text, str) and len(text) > MAX_FORMULA_CHARS:
+        raise InvalidInput(f"formula {shown(formula)} is {len(text)} characters long (limit {MAX_FORMULA_CHARS})")
     amounts: dict[str, float] = {}
     if isinstance(text, str) and text and _PLAIN.fullmatch(text):
         for symbol, digits in _TOKEN.findall(text):
@@ -72,17 +74,17 @@ def parse_fractions(formula: str, embedding: str = "matscholar200") -> tuple[lis
         amounts = {el.symbol: float(x) for el, x in comp.items()}
     unknown = sorted(s for s in amounts if s not in known)
     if unknown:
-        raise InvalidInput(f"formula {formula!r}: no {embedding} embedding for {', '.join(unknown)}")
+        raise InvalidInput(f"formula {shown(formula)}: no {embedding} embedding for {', '.join(unknown)}")
     total = sum(amounts.values())
     if not all(math.isfinite(x) and x > 0 for x in amounts.values()) or total <= 0:
-        raise InvalidInput(f"formula {formula!r}: amounts must be positive and finite")
+        raise InvalidInput(f"formula {shown(formula)}: amounts must be positive and finite")
     if total > MAX_ATOMS_PER_FORMULA:
         raise InvalidInput(
-            f"formula {formula!r} has {total:g} atoms per formula unit (limit {MAX_ATOMS_PER_FORMULA})"
+            f"formula {shown(formula)} has {total:g} atoms per formula unit (limit {MAX_ATOMS_PER_FORMULA})"
         )
     if len(amounts) > MAX_ELEMENTS_PER_FORMULA:
         raise InvalidInput(
-            f"formula {formula!r} has {len(amounts)} elements (limit {MAX_ELEMENTS_PER_FORMULA})"
+            f"formula {shown(formula)} has {len(amounts)} elements (limit {MAX_ELEMENTS_PER_FORMULA})"
         )
     return [known[s] for s in amounts], [x / total for x in amounts.values()]
 
