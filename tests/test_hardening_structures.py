@@ -312,6 +312,14 @@ def test_deduplicate_refuses_untrusted_rows_and_goes_on(stub, probe) -> None:
     assert_not_imported(probe)
 
 
+def test_overlong_ids_are_echoed_bounded(stub) -> None:
+    long_id = "x" * 100_000
+    response = stub.Deduplicate(pb.DeduplicateRequest(structures=[pb.StructureData(id=long_id, pymatgen_json=DEEP)]),
+                                timeout=60)
+    (row,) = response.refused
+    assert "nested too deeply" in row.message and len(row.message) < MAX_MESSAGE
+
+
 def test_materialize_refuses_untrusted_and_oversized_inline_prototypes(stub, probe) -> None:
     name, _ = probe
     substitution = spb.Substitution(

@@ -33,7 +33,7 @@ import grpc
 import pandas as pd
 from pymatgen.core import Structure
 
-from htvs.errors import DataNotFound, HTVSError, InvalidInput, RowError
+from htvs.errors import DataNotFound, HTVSError, InvalidInput, RowError, shown
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import structure_pb2 as pb
 from htvs.grpc.gen import structure_pb2_grpc as pb_grpc
@@ -84,7 +84,7 @@ def structure_from_proto(message: pb.StructureData, what: str = "structure", max
     """
     from htvs.prototypes.readers import FileKind, parse_structures
 
-    label = f"{what} ({message.id!r})" if message.id else what
+    label = f"{what} ({shown(message.id)})" if message.id else what
     content = message.WhichOneof("content")
     try:
         if content == "cif":
@@ -138,7 +138,7 @@ def dedupe_config_from_proto(message: pb.DedupeOptions) -> DedupeConfig:
         if message.HasField(field):
             value = getattr(message, field)
             if not math.isfinite(value) or value <= 0:
-                raise InvalidInput(f"options.{field} must be a positive number, got {value!r}")
+                raise InvalidInput(f"options.{field} must be a positive number, got {shown(value)}")
             values[name] = value
     for name in ("attempt_supercell", "group_by_space_group"):
         if message.HasField(name):
@@ -187,15 +187,15 @@ def inline_prototypes(
         if not message.id:
             raise InvalidInput(f"{what} has no id")
         if message.id in out:
-            raise InvalidInput(f"{what}: prototype id {message.id!r} is given twice")
+            raise InvalidInput(f"{what}: prototype id {shown(message.id)} is given twice")
         structure = structure_from_proto(message, what, max_sites)
         try:
             structure = element_structure(structure)
         except InvalidInput as exc:
-            raise InvalidInput(f"{what} ({message.id!r}): {exc}") from exc
+            raise InvalidInput(f"{what} ({shown(message.id)}): {exc}") from exc
         if not structure.is_ordered:
             raise InvalidInput(
-                f"{what} ({message.id!r}) is {disorder_reason(structure)}; a prototype must be ordered"
+                f"{what} ({shown(message.id)}) is {disorder_reason(structure)}; a prototype must be ordered"
             )
         out[message.id] = Prototype.from_structure(message.id, "inline", structure)
     return out
@@ -230,7 +230,7 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
         if max_batch_rows < 1:
             raise InvalidInput(f"max_batch_rows must be >= 1, got {max_batch_rows}")
         if isinstance(max_sites, bool) or not isinstance(max_sites, int) or max_sites < 1:
-            raise InvalidInput(f"max_sites must be a positive integer, got {max_sites!r}")
+            raise InvalidInput(f"max_sites must be a positive integer, got {shown(max_sites)}")
         self.max_sites = max_sites
         self._sets = {
             name: {p.id: p for p in loaded.prototypes} for name, loaded in (prototype_sets or {}).items()
@@ -246,11 +246,11 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
     def _prototypes(self, request: pb.MaterializeRequest) -> Mapping[str, Prototype]:
         n_inline = len(request.prototypes)
         if request.prototype_set and n_inline:
-            raise InvalidInput(f"give prototypes or prototype_set {request.prototype_set!r}, not both")
+            raise InvalidInput(f"give prototypes or prototype_set {shown(request.prototype_set)}, not both")
         if request.prototype_set:
             if request.prototype_set not in self._sets:
                 raise DataNotFound(
-                    f"no prototype set {request.prototype_set!r} on this server "
+                    f"no prototype set {shown(request.prototype_set)} on this server "
                     f"(available: {sorted(self._sets) or 'none'})"
                 )
             return self._sets[request.prototype_set]
@@ -324,7 +324,7 @@ class StructureServicer(pb_grpc.StructureServiceServicer):
         result = deduplicate(items, config)
         for item in result.refused:
             index = origin[item.index]
-            refused.append(_row_error(index, item.value, f"structures[{index}] ({item.value!r}): {item.message}",
+            refused.append(_row_error(index, item.value, f"structures[{index}] ({shown(item.value)}): {item.message}",
                                       item.kind))
         refused.sort(key=lambda e: e.index)
         first_index: dict[str, int] = {}

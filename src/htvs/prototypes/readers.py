@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Element, Lattice, PeriodicSite, Species, Structure
 
-from htvs.errors import InvalidInput
+from htvs.errors import InvalidInput, shown
 
 
 class FileKind(str, Enum):
@@ -186,7 +186,7 @@ def site_limit(max_sites: int | None) -> int:
     if max_sites is None:
         return DEFAULT_MAX_SITES
     if isinstance(max_sites, bool) or not isinstance(max_sites, (int, np.integer)) or max_sites < 1:
-        raise InvalidInput(f"max_sites must be a positive integer, got {_clip(repr(max_sites))}")
+        raise InvalidInput(f"max_sites must be a positive integer, got {shown(max_sites)}")
     return int(max_sites)
 
 
@@ -280,7 +280,7 @@ def parse_cif(text: str, max_sites: int | None = None) -> list[Structure]:
             for name, block in parser._cif.data.items():  # noqa: SLF001
                 estimate, n_ops, n_rows = estimate_cif_sites(parser, block, limit)
                 check_site_count(estimate, limit, (
-                    f"estimated before expanding data block {_clip(repr(name), 80)}: {n_ops} symmetry "
+                    f"estimated before expanding data block {shown(name, 80)}: {n_ops} symmetry "
                     f"operations x {n_rows} atom-site rows; not expanded"
                 ))
             structures = parser.parse_structures(primitive=False)
@@ -362,7 +362,8 @@ def _summarize_warnings(messages: Iterable[str], limit: int = 300) -> str:
 
 
 def _clip(text: str, limit: int = 300) -> str:
-    """``text`` cut to about ``limit`` characters (error messages quote untrusted input)."""
+    """Free text (a pymatgen error or warning) cut to about ``limit`` characters; values are
+    echoed with :func:`htvs.errors.shown`."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -436,7 +437,7 @@ def _check_tags(obj: dict, what: str, classes: frozenset[str]) -> None:
     if pymatgen and (cls is None or (isinstance(cls, str) and cls in classes)):
         return
     raise InvalidInput(
-        f"{what} is tagged @module={_clip(repr(module), 80)}, @class={_clip(repr(cls), 80)}; "
+        f"{what} is tagged @module={shown(module, 80)}, @class={shown(cls, 80)}; "
         f"only pymatgen's {'/'.join(sorted(classes))} tags are accepted here"
     )
 
@@ -444,19 +445,19 @@ def _check_tags(obj: dict, what: str, classes: frozenset[str]) -> None:
 def _number(value: Any, what: str) -> float:
     """``value`` as a finite float (bools refused), else InvalidInput naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidInput(f"{what} must be a number, got {_clip(repr(value), 80)}")
+        raise InvalidInput(f"{what} must be a number, got {shown(value, 80)}")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise InvalidInput(f"{what} must be finite (not NaN or infinite), got {_clip(repr(value), 80)}")
+        raise InvalidInput(f"{what} must be finite (not NaN or infinite), got {shown(value, 80)}")
     return number
 
 
 def _vector(value: Any, what: str) -> list[float]:
     if not isinstance(value, (list, tuple)) or len(value) != 3:
-        raise InvalidInput(f"{what} must be a list of 3 numbers, got {_clip(repr(value), 80)}")
+        raise InvalidInput(f"{what} must be a list of 3 numbers, got {shown(value, 80)}")
     return [_number(v, what) for v in value]
 
 
@@ -466,11 +467,11 @@ def _lattice_from_json(raw: Any) -> Lattice:
     _check_tags(raw, "the lattice", _LATTICE_CLASSES)
     pbc = raw.get("pbc", (True, True, True))
     if not isinstance(pbc, (list, tuple)) or len(pbc) != 3 or not all(isinstance(p, bool) for p in pbc):
-        raise InvalidInput(f"the lattice's 'pbc' must be 3 booleans, got {_clip(repr(pbc), 80)}")
+        raise InvalidInput(f"the lattice's 'pbc' must be 3 booleans, got {shown(pbc, 80)}")
     if "matrix" in raw:
         matrix = raw["matrix"]
         if not isinstance(matrix, (list, tuple)) or len(matrix) != 3:
-            raise InvalidInput(f"the lattice 'matrix' must be 3 vectors, got {_clip(repr(matrix), 80)}")
+            raise InvalidInput(f"the lattice 'matrix' must be 3 vectors, got {shown(matrix, 80)}")
         rows = [_vector(row, "a lattice 'matrix' row") for row in matrix]
         return Lattice(rows, pbc=tuple(pbc))
     try:
@@ -492,7 +493,7 @@ def _site_from_json(raw: Any, index: int, lattice: Lattice) -> PeriodicSite:
     _check_tags(raw, what, _SITE_CLASSES)
     entries = raw.get("species")
     if not isinstance(entries, list) or not entries:
-        raise InvalidInput(f"{what} needs a non-empty 'species' list, got {_clip(repr(entries), 80)}")
+        raise InvalidInput(f"{what} needs a non-empty 'species' list, got {shown(entries, 80)}")
     species: dict[Element | Species, float] = {}
     for entry in entries:
         if not isinstance(entry, dict):
@@ -500,7 +501,7 @@ def _site_from_json(raw: Any, index: int, lattice: Lattice) -> PeriodicSite:
         _check_tags(entry, f"{what}'s species", _SPECIES_CLASSES)
         symbol = entry.get("element")
         if not isinstance(symbol, str) or not Element.is_valid_symbol(symbol):
-            raise InvalidInput(f"{what}: {_clip(repr(symbol), 40)} is not an element symbol")
+            raise InvalidInput(f"{what}: {shown(symbol, 40)} is not an element symbol")
         occupancy = _number(entry.get("occu", 1.0), f"{what}'s occupancy of {symbol}")
         if not 0 < occupancy <= 1 + 1e-6:
             raise InvalidInput(f"{what}: occupancy {occupancy:g} of {symbol} is outside (0, 1]")
@@ -557,13 +558,13 @@ def _plain_json(value: Any, what: str, depth: int) -> Any:
             if module == "numpy" and cls == "array" and "data" in value and not dtype.startswith("complex"):
                 return _plain_json(value["data"], what, depth + 1)
             raise InvalidInput(
-                f"{what} hold a serialized object (@module={_clip(repr(module), 80)}, "
-                f"@class={_clip(repr(cls), 80)}); only plain JSON values are accepted"
+                f"{what} hold a serialized object (@module={shown(module, 80)}, "
+                f"@class={shown(cls, 80)}); only plain JSON values are accepted"
             )
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidInput(f"{what} have a non-text key {_clip(repr(key), 40)}")
+                raise InvalidInput(f"{what} have a non-text key {shown(key, 40)}")
             out[key] = _plain_json(item, what, depth + 1)
         return out
     raise InvalidInput(f"{what} hold a {type(value).__name__}, not a JSON value")
@@ -595,7 +596,7 @@ def parse_poscar(text: str, max_sites: int | None = None) -> Structure:
     counts = lines[6].split() if len(lines) > 6 else []
     if not counts or not all(c.isdigit() and len(c) <= 9 for c in counts):
         raise InvalidInput(
-            f"unreadable POSCAR: line 7 must give the atom count of each element, got {_clip(repr(counts), 80)}"
+            f"unreadable POSCAR: line 7 must give the atom count of each element, got {shown(counts, 80)}"
         )
     check_site_count(sum(int(c) for c in counts), limit)
     with warnings.catch_warnings():
