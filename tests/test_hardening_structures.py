@@ -409,8 +409,6 @@ def test_cli_prototypes_and_substitute_on_the_folder(runner: CliRunner, tmp_path
     assert_not_imported(probe)
 
 
-@pytest.mark.xfail(strict=True, reason="cli_conductivity.py decodes JSON itself with json.loads "
-                   "(its owner is to read .json files with readers.parse_structures)")
 def test_cli_conductivity_predict_refuses_deep_json(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "deep.json").write_text(DEEP)
     result = runner.invoke(app, ["conductivity", "predict", str(tmp_path / "deep.json"), "--json"])

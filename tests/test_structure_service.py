@@ -258,7 +258,7 @@ def test_deduplicate_refuses_bad_items_per_row(stub, prototypes) -> None:
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        (pb.DedupeOptions(ltol=-0.1), "options.ltol must be a positive number, got -0.1"),
+        (pb.DedupeOptions(ltol=-0.1), "options.ltol must be > 0, got -0.1 (allowed: (0, 1])"),
         (pb.DedupeOptions(stol=float("nan")), "options.stol"),
         (pb.DedupeOptions(angle_tol_deg=0.0), "options.angle_tol_deg"),
     ],

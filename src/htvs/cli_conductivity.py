@@ -6,7 +6,6 @@ torch and the models are loaded only when a command runs.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ def read_structure_files(paths: list[Path]) -> tuple[list[tuple[int, str, object
         ``(position, id, message)`` of the others; ``id`` is the file name without extension.
     """
     from htvs.errors import InvalidInput
-    from htvs.prototypes.readers import structure_from_json
+    from htvs.prototypes.readers import FileKind, parse_structures
 
     items: list[tuple[int, str, object]] = []
     errors: list[tuple[int, str, str]] = []
@@ -49,11 +48,7 @@ def read_structure_files(paths: list[Path]) -> tuple[list[tuple[int, str, object
             items.append((position, item_id, text))
             continue
         try:
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"invalid JSON: {exc}") from exc
-            items.append((position, item_id, structure_from_json(obj)))
+            items.append((position, item_id, parse_structures(text, FileKind.JSON)[0]))
         except InvalidInput as exc:
             errors.append((position, item_id, f"{item_id}: {path.name}: {exc}"))
     return items, errors

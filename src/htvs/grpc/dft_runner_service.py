@@ -553,7 +553,7 @@ class DFTRunnerServicer(pb_grpc.DFTRunnerServiceServicer):
             raise InvalidInput(f"SubmitRequest.cif has {len(cif)} characters, more than {MAX_CIF_CHARS}")
         name = request.id or "structure"
         config = config_from_proto(request.settings)
-        structure = structure_from_cif_text(cif, name)
+        structure = structure_from_cif_text(cif, name, max_sites=config.supercell.max_atoms)
         supercell_matrix(structure, config.supercell)  # refuse an oversized MD cell now, not later
         settings = pb.ValidationSettings()
         settings.CopyFrom(request.settings)

@@ -25,7 +25,6 @@ service. Prototype sets served by name (``"bundled"``) are loaded once, before t
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
@@ -131,19 +130,22 @@ def dedupe_config_from_proto(message: pb.DedupeOptions) -> DedupeConfig:
     """The stage's :class:`DedupeConfig`; unset fields take its defaults.
 
     Raises:
-        InvalidInput: a tolerance that is not a positive finite number, named with its value.
+        InvalidInput: a tolerance outside its range (:class:`DedupeConfig` checks them), named
+            ``options.<field>`` with its value and the range.
     """
     values: dict[str, object] = {}
     for field, name in (("ltol", "ltol"), ("stol", "stol"), ("angle_tol_deg", "angle_tol")):
         if message.HasField(field):
-            value = getattr(message, field)
-            if not math.isfinite(value) or value <= 0:
-                raise InvalidInput(f"options.{field} must be a positive number, got {shown(value)}")
-            values[name] = value
+            values[name] = getattr(message, field)
     for name in ("attempt_supercell", "group_by_space_group"):
         if message.HasField(name):
             values[name] = getattr(message, name)
-    return DedupeConfig(**values)
+    try:
+        return DedupeConfig(**values)
+    except InvalidInput as exc:  # named as the request names it: options.ltol, options.angle_tol_deg
+        text = str(exc)
+        text = "angle_tol_deg" + text[len("angle_tol"):] if text.startswith("angle_tol ") else text
+        raise InvalidInput(f"options.{text}") from None
 
 
 def substitution_frame(substitutions: Sequence[substitution_pb2.Substitution]) -> pd.DataFrame:
