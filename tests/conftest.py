@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,10 @@ try:  # property-based tests: no per-example deadline on a shared 2-core machine
 
     settings.register_profile("htvs", deadline=None, max_examples=100, derandomize=True,
                               suppress_health_check=[HealthCheck.too_slow])
-    settings.load_profile("htvs")
+    # a longer random hunt: HTVS_HYPOTHESIS_PROFILE=long make test PYTEST_ARGS=tests/test_properties_*.py
+    settings.register_profile("long", deadline=None, max_examples=2000, derandomize=False,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HTVS_HYPOTHESIS_PROFILE", "htvs"))
 except ImportError:  # the property-based tests skip themselves
     pass
 
