@@ -7,6 +7,8 @@ and a ``model_card.json`` (written by :func:`~htvs.composition.onnx_export.write
      "models": [{"file": "model_0.onnx", "sha256": "..."}, ...], ...}
 
 The card and every file's sha256 are checked on load (:func:`htvs.model_cards.read_model_card`).
+A card's optional ``calibration`` (``a``, ``b``; fitted by :mod:`htvs.composition.calibrate`) turns
+the members' spread σ into the reported std ``sqrt((a·σ)² + b²)``; without it the std is σ.
 Nothing is loaded at import.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from htvs.composition.calibrate import Calibration
 from htvs.composition.featurize import featurize
 from htvs.composition.onnx_export import CARD_FORMAT, INPUT_NAMES, ONNX_FORMAT
 from htvs.errors import ModelNotReady, RowError
@@ -34,11 +37,14 @@ class EnsemblePrediction:
 
     Attributes:
         mean: (n,) float64 ensemble mean in ``units``; NaN where the formula was invalid.
-        std: (n,) float64 population standard deviation across the models (ddof 0); NaN where invalid.
+        std: (n,) float64 uncertainty in ``units``: the calibrated spread when the ensemble has a
+            calibration, else ``raw_std``; NaN where invalid.
         members: (n_models, n) float64 prediction of each model; NaN where invalid.
         valid: (n,) bool, True where the formula was featurized and predicted.
         errors: the invalid formulas: position, formula, reason and error class.
         target, units: what is predicted (e.g. ``e_form``, ``eV/atom``).
+        raw_std: (n,) float64 population standard deviation across the models (ddof 0), before
+            calibration; NaN where invalid (None: the same as ``std``).
     """
 
     mean: np.ndarray
@@ -48,6 +54,11 @@ class EnsemblePrediction:
     errors: list[RowError]
     target: str
     units: str
+    raw_std: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.raw_std is None:
+            object.__setattr__(self, "raw_std", self.std)
 
 
 class OnnxRoostEnsemble:
@@ -59,6 +70,7 @@ class OnnxRoostEnsemble:
         intra_op_threads: onnxruntime intra-op threads per session (None: onnxruntime's default).
         providers: onnxruntime providers in order of preference (None: CUDA first when available).
         pair_budget: rows x elements^2 per onnxruntime call (memory/speed trade-off).
+        calibration: maps the members' spread to the reported std (None: the spread itself).
     """
 
     def __init__(
@@ -70,6 +82,7 @@ class OnnxRoostEnsemble:
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
         pair_budget: int = DEFAULT_PAIR_BUDGET,
+        calibration: Calibration | None = None,
     ) -> None:
         from htvs.onnx_sessions import open_session
 
@@ -79,6 +92,7 @@ class OnnxRoostEnsemble:
         self.target = target
         self.units = units
         self.pair_budget = int(pair_budget)
+        self.calibration = calibration
         self.sessions = []
         embeddings = set()
         for path in self.paths:
@@ -107,14 +121,15 @@ class OnnxRoostEnsemble:
         providers: Sequence[str] | None = None,
         pair_budget: int = DEFAULT_PAIR_BUDGET,
     ) -> OnnxRoostEnsemble:
-        """Load the ensemble described by ``directory/model_card.json``, checking every sha256.
+        """Load the ensemble described by ``directory/model_card.json``, checking every sha256;
+        the card's ``calibration``, when it has one, applies to every prediction's std.
 
         Args:
             target: the target the card must declare (e.g. ``"e_form"``; None: any).
 
         Raises:
-            ModelNotReady: the card is missing, malformed, of another format or target, or a
-                listed file is missing or has another sha256.
+            ModelNotReady: the card is missing, malformed, of another format or target, a
+                listed file is missing or has another sha256, or its ``calibration`` is malformed.
         """
         card = read_model_card(
             directory,
@@ -126,6 +141,7 @@ class OnnxRoostEnsemble:
         units = card.data.get("units")
         if not isinstance(units, str) or not isinstance(card.data.get("target"), str):
             raise ModelNotReady(f"composition model in {card.folder}: its model card has no target or units")
+        calibration = Calibration.from_card(card.data, where=f"composition model in {card.folder}")
         return cls(
             card.members,
             target=card.data["target"],
@@ -133,6 +149,7 @@ class OnnxRoostEnsemble:
             intra_op_threads=intra_op_threads,
             providers=providers,
             pair_budget=pair_budget,
+            calibration=calibration,
         )
 
     @property
@@ -162,7 +179,8 @@ class OnnxRoostEnsemble:
         return out
 
     def predict(self, formulas: Sequence[str], batch_size: int = 4096) -> EnsemblePrediction:
-        """Ensemble mean and std for each formula; invalid formulas become per-row errors.
+        """Ensemble mean and std (calibrated, when the ensemble has a calibration) for each
+        formula; invalid formulas become per-row errors.
 
         Args:
             formulas: formulas such as ``"Li3PS4"`` (any pymatgen-readable formula).
@@ -182,7 +200,8 @@ class OnnxRoostEnsemble:
                 members[:, rows] = self.predict_dense(batch.dense_z, batch.dense_weights)
                 valid[rows] = True
         mean = members.mean(axis=0) if n else np.zeros(0)
-        std = members.std(axis=0) if n else np.zeros(0)
+        raw_std = members.std(axis=0) if n else np.zeros(0)
+        std = self.calibration.apply(raw_std) if self.calibration is not None else raw_std
         return EnsemblePrediction(
             mean=mean,
             std=std,
@@ -191,4 +210,5 @@ class OnnxRoostEnsemble:
             errors=errors,
             target=self.target,
             units=self.units,
+            raw_std=raw_std,
         )

@@ -26,6 +26,9 @@ def shipped_model_dir(target: str) -> Path:
 def load_ensemble(target: str, directory: Path | None = None, threads: int | None = None):
     """The ONNX ensemble of ``target`` from ``directory`` (default: the shipped one).
 
+    Its std is the card's calibrated spread when the card has a ``calibration`` (see
+    :mod:`htvs.composition.calibrate`), the members' raw spread otherwise.
+
     Raises:
         ModelNotReady: no model there, or its card does not check out (see
             :func:`htvs.model_cards.read_model_card`; the card must declare ``target``).
