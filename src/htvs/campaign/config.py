@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from htvs.errors import InvalidInput
 from htvs.errors import shown
 from htvs.ranges import Range
-from htvs.screening_config import PAPER_THRESHOLDS, THRESHOLD_RANGES
+from htvs.screening_config import PAPER_THRESHOLDS, SETTING_RANGES, THRESHOLD_RANGES, check_rule
 
 #: Largest campaign config read, bytes (a campaign config is a few KB).
 MAX_CONFIG_BYTES = 1 << 20
@@ -100,16 +100,28 @@ class CompositionSection(_Section):
 
 
 class ScreeningSection(_Section):
-    """Stage 3 thresholds (the paper's defaults, from :mod:`htvs.screening_config`)."""
+    """Stage 3 thresholds and rule (the paper's defaults, from :mod:`htvs.screening_config`):
+    ``rule`` is ``deterministic`` (thresholds on the ensemble mean) or ``probabilistic`` (the
+    probability that they hold at least ``min_probability``, in (0, 1])."""
 
     max_e_form_ev_per_atom: float = PAPER_THRESHOLDS.max_e_form_ev_per_atom
     max_e_above_hull_ev_per_atom: float = PAPER_THRESHOLDS.max_e_above_hull_ev_per_atom
     min_band_gap_ev: float = PAPER_THRESHOLDS.min_band_gap_ev
     min_phi_ox_v: float = PAPER_THRESHOLDS.min_phi_ox_v
+    rule: str = PAPER_THRESHOLDS.rule
+    min_probability: float = PAPER_THRESHOLDS.min_probability
 
     @classmethod
     def ranges(cls) -> dict[str, Range]:
-        return THRESHOLD_RANGES
+        return SETTING_RANGES
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        try:
+            return check_rule(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
 
 
 class StructuresSection(_Section):
