@@ -3,7 +3,8 @@
 Which errors are per row and which refuse the whole request:
 
 * Whole request (INVALID_ARGUMENT, nothing computed): an empty batch, a batch above
-  ``max_batch_rows``, inline rows together with a store ``input``, bad thresholds (NaN, negative band gap...),
+  ``max_batch_rows``, inline rows together with a store ``input``, bad thresholds (NaN, negative band gap...,
+  a rule other than "deterministic"/"probabilistic", a min_probability outside (0, 1]),
   and in Screen a predicted row whose numbers are not usable (unset, non-finite, negative std or
   band gap): those come from a broken producer, not from the chemistry.
 * Per row (a ``RowError`` on the row, status OK, the other rows computed): a formula the models
@@ -39,7 +40,7 @@ from htvs.grpc.gen import composition_pb2 as pb
 from htvs.grpc.gen import composition_pb2_grpc as pb_grpc
 from htvs.grpc.server import check_batch, report_rows
 from htvs.grpc.store_io import stored_batch
-from htvs.screening import PREDICTION_COLUMNS, CompositionScreenConfig, screen_compositions
+from htvs.screening import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, CompositionScreenConfig, screen_compositions
 from htvs.thermo import HullResult, ReferenceHull, WindowResult, e_above_hull_many, electrochemical_windows
 
 #: Default largest batch (rows) of one request.
@@ -53,6 +54,8 @@ _THRESHOLDS = (
     "min_band_gap_ev",
     "min_phi_ox_v",
 )
+#: The fields of ScreenThresholds: the thresholds, the rule and its probability.
+_SETTINGS = (*_THRESHOLDS, "rule", "min_probability")
 
 
 def _cut(text: object) -> str:
@@ -112,12 +115,14 @@ def stop_if_caller_gone(context) -> None:
 
 
 def screen_config_from_proto(message: pb.ScreenThresholds) -> CompositionScreenConfig:
-    """The stage's thresholds; unset fields take the paper's values.
+    """The stage's thresholds and rule; unset fields take the paper's values (the deterministic
+    rule, and a min_probability of 0.5 for the probabilistic one).
 
     Raises:
-        InvalidInput: a threshold that is NaN/inf or out of range, named with its value.
+        InvalidInput: a threshold or min_probability that is NaN/inf or out of range, or a rule
+            other than "deterministic"/"probabilistic", named with its value.
     """
-    values = {name: getattr(message, name) for name in _THRESHOLDS if message.HasField(name)}
+    values = {name: getattr(message, name) for name in _SETTINGS if message.HasField(name)}
     return CompositionScreenConfig(**values)
 
 
@@ -244,7 +249,8 @@ class CompositionServicer(pb_grpc.CompositionServiceServicer):
         n_errors = 0
         for i, (given, row) in enumerate(zip(request.predictions, table.itertuples(index=False), strict=True)):
             fields = _finite(
-                e_above_hull_ev_per_atom=row.e_above_hull, phi_red_v=row.phi_red, phi_ox_v=row.phi_ox
+                e_above_hull_ev_per_atom=row.e_above_hull, phi_red_v=row.phi_red, phi_ox_v=row.phi_ox,
+                **{name: getattr(row, name) for name in PROBABILITY_COLUMNS},
             )
             out = response.rows.add(
                 prediction=_echoed(given),
