@@ -352,8 +352,12 @@ def predict(
 
 @app.command()
 def screen(
-    formulas_table: Path = typer.Option(
-        ..., "--formulas", help="formulas.parquet of `htvs substitute` (or any table with 'formula')."
+    formulas_table: Path | None = typer.Option(
+        None, "--formulas", help="formulas.parquet of `htvs substitute` (or any table with 'formula')."
+    ),
+    predictions_table: Path | None = typer.Option(
+        None, "--predictions", help="Instead of --formulas: a predictions table (a campaign's predictions.parquet, "
+        "or `htvs predict --out`); stage 2 is skipped."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for screen.parquet and funnel.json."),
     max_e_form: float = typer.Option(
@@ -366,40 +370,90 @@ def screen(
     min_phi_ox: float = typer.Option(
         PAPER_THRESHOLDS.min_phi_ox_v, help="Keep oxidation potential >= this (V vs Li/Li+)."
     ),
+    rule: str = typer.Option(
+        PAPER_THRESHOLDS.rule, help="'deterministic' (thresholds on the ensemble mean, the paper's) or "
+        "'probabilistic' (P(all thresholds hold) >= --min-probability under the ensemble's Gaussian; "
+        "the deterministic funnel is printed beside it)."
+    ),
+    min_probability: float = typer.Option(
+        PAPER_THRESHOLDS.min_probability, help="Joint probability a formula needs under --rule probabilistic, (0, 1]."
+    ),
     e_form_models: Path | None = typer.Option(None, help="E_f ensemble folder (default: shipped)."),
     band_gap_models: Path | None = typer.Option(None, help="Band-gap ensemble folder (default: shipped)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the funnel JSON (of --rule) on stdout."),
 ) -> None:
-    """Stages 2+3: predict every formula, then filter on E_f, E_hull, band gap and phi_ox."""
-    from htvs.composition import predict_compositions
-    from htvs.composition.ship import load_ensemble
+    """Stages 2+3: predict every formula (or read --predictions), then filter on E_f, E_hull, band gap
+    and phi_ox by --rule; the probabilistic rule's table is printed beside the deterministic one."""
+    from dataclasses import replace
+
     from htvs.screening import CompositionScreenConfig, screen_compositions
     from htvs.thermo import ReferenceHull
 
     with _clear_errors():
         from htvs.atomic import output_folder, write_text_atomic
+        from htvs.errors import InvalidInput
 
+        if (formulas_table is None) == (predictions_table is None):
+            raise InvalidInput("give one of --formulas (predict, then screen) and --predictions (screen only)")
         output_folder(out)
         config = CompositionScreenConfig(
             max_e_form_ev_per_atom=max_e_form,
             max_e_above_hull_ev_per_atom=max_e_hull,
             min_band_gap_ev=min_gap,
             min_phi_ox_v=min_phi_ox,
+            rule=rule,
+            min_probability=min_probability,
         )
-        items = _read_formula_table(formulas_table)
-        ef_model = load_ensemble("e_form", e_form_models)
-        gap_model = load_ensemble("band_gap", band_gap_models)
-        frame = predict_compositions(items, ef_model, gap_model)
-        result = screen_compositions(frame, ReferenceHull.bundled(), config)
+        if predictions_table is not None:
+            frame = _read_prediction_table(predictions_table)
+        else:
+            from htvs.composition import predict_compositions
+            from htvs.composition.ship import load_ensemble
+
+            items = _read_formula_table(formulas_table)
+            ef_model = load_ensemble("e_form", e_form_models)
+            gap_model = load_ensemble("band_gap", band_gap_models)
+            frame = predict_compositions(items, ef_model, gap_model)
+        hull = ReferenceHull.bundled()
+        result = screen_compositions(frame, hull, config)
         _write_table(result.table, out / "screen.parquet")
         write_text_atomic(out / "funnel.json", json.dumps(result.funnel, indent=1) + "\n")
+        funnels = {config.rule: result.funnel}
+        if config.rule == "probabilistic" and not as_json:
+            mean = screen_compositions(frame, hull, replace(config, rule="deterministic"), probabilities=False)
+            funnels = {"deterministic": mean.funnel, **funnels}
     if as_json:
         _emit_json(result.funnel)
         return
-    table = Table("after filter", "formulas")
-    for step, count in result.funnel.items():
-        table.add_row(step, f"{count:,}")
+    headers = {
+        "deterministic": "deterministic (mean)",
+        "probabilistic": f"probabilistic (P >= {config.min_probability:g})",
+    }
+    table = Table("after filter", *(headers[name] for name in funnels))
+    for step in result.funnel:
+        table.add_row(step, *(f"{funnel[step]:,}" for funnel in funnels.values()))
     Console().print(table)
+
+
+def _read_prediction_table(path: Path):
+    """A stage-2 predictions table (Parquet or CSV) for ``htvs screen --predictions``."""
+    import pandas as pd
+
+    from htvs.errors import InvalidInput
+    from htvs.screening import PREDICTION_COLUMNS
+
+    if not path.exists():
+        raise InvalidInput(f"input table {path} does not exist")
+    try:
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # pyarrow / pandas raise many kinds
+        raise InvalidInput(f"cannot read predictions from {path}: {exc}") from exc
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InvalidInput(f"{path} is not a predictions table: no column(s) {missing} (columns: {list(frame.columns)})")
+    frame = frame.loc[:, list(PREDICTION_COLUMNS)]
+    frame["error"] = frame["error"].astype(object).where(frame["error"].notna(), None)
+    return frame
 
 
 @app.command()
