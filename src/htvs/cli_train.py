@@ -35,6 +35,14 @@ def train_composition(
     time_budget: float | None = typer.Option(
         None, help="Wall-clock budget in seconds: members keep their best completed epochs when it runs out."
     ),
+    engine: str = typer.Option(
+        "aviary",
+        help="aviary: one member after another through aviary's Roost (the default). stacked: all "
+        "members at once in one process on the split featurized once (RUN/data.npz), their weights "
+        "stacked; same seeds, mini-batches, loss and optimizer per member, a checkpoint every epoch "
+        "and at the --time-budget (rerun the same command to continue). Both write model_K/best.pt, "
+        "so `htvs train evaluate` and `htvs train export` work on either; a run keeps its engine.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics JSON on stdout."),
 ) -> None:
     """Train (or resume) a Roost ensemble on a bundled dataset and score it on the test split."""
@@ -64,7 +72,16 @@ def train_composition(
                 raise InvalidInput(f"time_budget must be > 0 seconds, got {time_budget}")
             deadline = time.time() + time_budget
         log = (lambda line: _stderr().print(line, highlight=False))
-        metrics = train_ensemble(out, config, log=log, deadline=deadline)
+        if engine == "stacked":
+            from htvs.composition.stacked import train_stacked
+
+            metrics = train_stacked(out, config, log=log, deadline=deadline)
+        elif engine == "aviary":
+            if (out / "stacked").is_dir():
+                raise InvalidInput(f"{out} was started with --engine stacked; resume it with --engine stacked")
+            metrics = train_ensemble(out, config, log=log, deadline=deadline)
+        else:
+            raise InvalidInput(f"engine must be aviary or stacked, got {engine!r}")
     if as_json:
         _emit_json(metrics)
     else:

@@ -299,6 +299,21 @@ def ensemble_metrics(predictions: np.ndarray, truth: np.ndarray) -> dict[str, fl
     }
 
 
+def start_run(run_dir: Path, config: TrainConfig) -> None:
+    """Create ``run_dir`` with its train_config.json, or check that an existing run used ``config``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "train_config.json"
+    if config_path.exists():
+        previous = TrainConfig.from_dict(json.loads(config_path.read_text()))  # defaults fill new fields
+        if previous != config:
+            raise InvalidInput(
+                f"{run_dir} was started with a different configuration ({config_path}); "
+                "use a new --out or the same settings"
+            )
+    else:
+        config_path.write_text(json.dumps(config.to_dict(), indent=1))
+
+
 def train_ensemble(
     run_dir: Path,
     config: TrainConfig,
@@ -315,17 +330,7 @@ def train_ensemble(
     """
     resolve_device(config.device)  # fail before anything is written
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "train_config.json"
-    if config_path.exists():
-        previous = TrainConfig.from_dict(json.loads(config_path.read_text()))  # defaults fill new fields
-        if previous != config:
-            raise InvalidInput(
-                f"{run_dir} was started with a different configuration ({config_path}); "
-                "use a new --out or the same settings"
-            )
-    else:
-        config_path.write_text(json.dumps(config.to_dict(), indent=1))
+    start_run(run_dir, config)
     split = split or load_split(
         config.target, seed=config.split_seed, cv_fold=config.cv_fold, cv_folds=config.cv_folds
     )
