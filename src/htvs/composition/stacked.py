@@ -473,6 +473,51 @@ def _write_member(run_dir: Path, k: int, weights: dict[str, Tensor], member: dic
     return result
 
 
+def train_step(
+    model: StackedRoost,
+    optimizer,
+    tensors: tuple[Tensor, Tensor, Tensor],
+    counts: np.ndarray,
+    representatives: dict[int, int],
+    rows: np.ndarray,
+    select: Tensor | None = None,
+    frozen: list[int] | tuple[int, ...] = (),
+) -> Tensor:
+    """One optimizer step: member ``select[i]`` (or ``i``) on its mini-batch ``rows[i]``.
+
+    Args:
+        tensors: the training split's ``z``, fractions and targets (eV/atom or eV) on the device.
+        counts: elements per training formula; ``representatives``: :func:`_representatives`.
+        rows: (members, batch) row indices, one mini-batch per selected member.
+        frozen: members whose weights must not change (AdamW's momentum and weight decay would
+            move them even with a zero gradient: they are put back after the step).
+
+    Returns:
+        (members,) the L1 loss of each selected member (mean over its mini-batch), detached.
+    """
+    z_all, w_all, t_all = tensors
+    device = z_all.device
+    loss_sum = torch.zeros(rows.shape[0], dtype=torch.float32, device=device)
+    for index, valid, width in _groups(rows, counts, representatives):
+        idx = torch.from_numpy(index).to(device)
+        pred = model(z_all[idx, :width], w_all[idx, :width], select)[..., 0]
+        error = (pred - t_all[idx]).abs() * torch.from_numpy(valid).to(device)
+        loss_sum = loss_sum + error.sum(dim=1)
+    losses = loss_sum / rows.shape[1]  # L1 mean over each member's mini-batch
+    optimizer.zero_grad()
+    losses.sum().backward()
+    kept = []
+    if frozen:
+        fi = torch.tensor(list(frozen), dtype=torch.int64, device=device)
+        kept = [(p, p.detach()[fi].clone()) for p in model.parameters()]
+    optimizer.step()
+    if kept:
+        with torch.no_grad():
+            for p, value in kept:
+                p[fi] = value
+    return losses.detach()
+
+
 def train_stacked(
     run_dir: Path,
     config,
@@ -578,24 +623,7 @@ def train_stacked(
                 state["step"] = step
                 break
             rows = orders[:, step * batch : (step + 1) * batch]
-            loss_sum = torch.zeros(len(active), dtype=torch.float32, device=device)
-            for index, valid, width in _groups(rows, counts, reps):
-                idx = torch.from_numpy(index).to(device)
-                pred = model(z_all[idx, :width], w_all[idx, :width], select)[..., 0]
-                error = (pred - t_all[idx]).abs() * torch.from_numpy(valid).to(device)
-                loss_sum = loss_sum + error.sum(dim=1)
-            losses = loss_sum / rows.shape[1]  # L1 mean over each member's mini-batch
-            optimizer.zero_grad()
-            losses.sum().backward()
-            kept = None
-            if frozen_idx:  # stopped members: AdamW's momentum and decay must not move them
-                fi = torch.tensor(frozen_idx, dtype=torch.int64, device=device)
-                kept = [(p, fi, p.detach()[fi].clone()) for p in model.parameters()]
-            optimizer.step()
-            if kept:
-                with torch.no_grad():
-                    for p, fi, value in kept:
-                        p[fi] = value
+            losses = train_step(model, optimizer, (z_all, w_all, t_all), counts, reps, rows, select, frozen_idx)
             done_rows = torch.tensor(active, dtype=torch.int64, device=device)
             partial.index_add_(0, done_rows, losses.detach().double() * rows.shape[1])
         if stopped_by_deadline:
