@@ -409,8 +409,12 @@ def screen_compositions(
     table["phi_ox"] = np.nan
     table["screen_error"] = None
 
-    # the hull of every predicted row: E_above_hull at the mean and the reference energy
-    rows = np.flatnonzero(predicted)
+    # E_above_hull at the mean and the reference energy: of every predicted row for the
+    # probabilistic rule, of the rows under the E_f threshold (the only ones it can pass) for the
+    # deterministic one
+    with np.errstate(invalid="ignore"):
+        under_e_form = predicted & (e_form <= config.max_e_form_ev_per_atom)
+    rows = np.flatnonzero(predicted if probabilistic else under_e_form)
     total = rows.size
     if progress:
         progress("hull", 0, total)
@@ -428,15 +432,26 @@ def screen_compositions(
     if progress:
         progress("hull", total, total)
 
-    if probabilities or probabilistic:
-        p = screen_probabilities(
-            hull, formulas.tolist(), e_form, table["e_form_std"].to_numpy(dtype=float), gap,
-            table["band_gap_std"].to_numpy(dtype=float), e_form - e_hull, config,
+    e_form_std = table["e_form_std"].to_numpy(dtype=float)
+    gap_std = table["band_gap_std"].to_numpy(dtype=float)
+
+    def probabilities_of(rows: np.ndarray) -> Probabilities:
+        """:func:`screen_probabilities` of ``rows``, NaN elsewhere."""
+        got = screen_probabilities(
+            hull, formulas[rows].tolist(), e_form[rows], e_form_std[rows], gap[rows], gap_std[rows],
+            e_form[rows] - e_hull[rows], config,
             progress=(lambda done, total: progress("probability", done, total)) if progress else None,
         )
-    else:
-        nan = np.full(n, np.nan)
-        p = Probabilities(nan, nan, nan, nan, nan, nan, errors={}, n_root_searches=0)
+        columns = {}
+        for name in ("p_e_form", "p_e_hull", "p_band_gap", "p_phi_ox", "p_joint", "p_e_form_and_hull"):
+            columns[name] = np.full(n, np.nan)
+            columns[name][rows] = getattr(got, name)
+        return Probabilities(**columns, errors={int(rows[j]): m for j, m in got.errors.items()},
+                             n_root_searches=got.n_root_searches)
+
+    # the probabilistic rule needs them for every predicted row; the deterministic one computes
+    # them for its survivors only (they carry them on), once they are known
+    p = probabilities_of(np.flatnonzero(predicted)) if probabilistic else None
 
     with np.errstate(invalid="ignore"):
         if probabilistic:
@@ -444,7 +459,7 @@ def screen_compositions(
             pass_stability = predicted & (p.p_e_form_and_hull >= config.min_probability)
             pass_gap = pass_stability & (p.p_e_form_and_hull * p.p_band_gap >= config.min_probability)
         else:
-            reported = predicted & (e_form <= config.max_e_form_ev_per_atom)
+            reported = under_e_form
             pass_stability = reported & (e_hull <= config.max_e_above_hull_ev_per_atom)
             pass_gap = pass_stability & (gap >= config.min_band_gap_ev)
     table["e_above_hull"] = np.where(reported, e_hull, np.nan)
@@ -480,6 +495,11 @@ def screen_compositions(
         for i, message in p.errors.items():
             if table.at[i, "screen_error"] is None:
                 table.at[i, "screen_error"] = message
+    elif probabilities:
+        p = probabilities_of(np.flatnonzero(pass_window))
+    else:
+        nan = np.full(n, np.nan)
+        p = Probabilities(nan, nan, nan, nan, nan, nan, errors={}, n_root_searches=0)
 
     for name in PROBABILITY_COLUMNS:
         table[name] = getattr(p, name)
