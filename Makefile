@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/htvs campaign run configs/demo.yaml --out $(DEMO_OUT)
 	$(BIN)/htvs campaign plot $(DEMO_OUT)
+	# the same predictions under the probabilistic rule (P >= 0.5 that every condition holds), beside the paper's
+	$(BIN)/htvs screen --predictions $(DEMO_OUT)/predictions.parquet --out $(DEMO_OUT)/screen-probabilistic --rule probabilistic --min-probability 0.5
 	$(BIN)/htvs window Li7La3Zr2O12 Li3PS4 Li10GeP2S12 Li6PS5Cl Li3InCl6 Li3PO4 Li3ClSO4
 
 ## gRPC stubs from protos/htvs/v1 (also done by install; never edit the generated files).
