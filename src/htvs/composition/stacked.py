@@ -12,9 +12,13 @@ dict is :meth:`StackedRoost.member_state` ``(k)``, up to float rounding.
 same mini-batches (order seeded by ``(seed, k, epoch)``), the same L1 loss, AdamW settings and
 per-epoch cosine learning rate as ``htvs.composition.train.train_one``; the members share no
 term of the loss and AdamW is elementwise, so one optimizer over the stacked tensors is K
-independent optimizers. Each step evaluates member ``k`` on its own mini-batch, with the rows of
-every mini-batch sorted by element count and cut into chunks padded to their own widest formula
-(the same loss, far less padding).
+independent optimizers. Each step evaluates member ``k`` on its own mini-batch; the rows of the
+K mini-batches are grouped by element count (formulas of ``MERGE_FROM`` or more elements share
+one padded group), so almost no pair of the message passing is padding. The loss is the same.
+
+Speed (``benchmarks/bench_composition_training.py``, BENCHMARKS.md): on a 2-core CPU the
+message passing is bound by memory traffic over the per-pair tensors, so the gain over the
+per-member loop is a small factor, not an order of magnitude.
 
 Layout of a stacked run directory (the per-member files are those of ``train.py``, so
 ``htvs train evaluate`` and ``htvs train export`` work on it unchanged)::
@@ -53,9 +57,6 @@ from htvs.composition.dense import _masked_softmax_weights
 from htvs.composition.model import RoostConfig, build_roost
 from htvs.errors import InvalidInput
 
-#: Rows per chunk of a mini-batch (rows sorted by element count; each chunk is padded to its
-#: own widest formula). Changing it changes float rounding, so it is fixed.
-CHUNK_ROWS = 64
 #: Rows per chunk when predicting (validation).
 PREDICT_ROWS = 2048
 #: Format tag of ``RUN/data.npz``.
