@@ -121,6 +121,20 @@ def train_export(
     Console().print(f"wrote {card}")
 
 
+@train_app.command("calibrate")
+def train_calibrate(
+    model_dir: Path = typer.Argument(..., help="Model folder (model_card.json and the ONNX members)."),
+    target: str = typer.Option(..., help="e_form or band_gap."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the fit and leave the card unchanged."),
+) -> None:
+    """Fit the ensemble spread's calibration, sigma_cal = sqrt((a sigma)^2 + b^2), on the validation
+    split, and store it (with test coverage before and after) in the model card."""
+    from htvs.composition.calibrate import main
+
+    with _clear_errors():
+        main([str(model_dir), "--target", target, *(["--dry-run"] if dry_run else [])])
+
+
 @train_app.command("attach")
 def train_attach(
     target: str = typer.Option(..., help="e_form | band_gap: whose card gets the runs."),
