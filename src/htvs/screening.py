@@ -13,8 +13,10 @@ Two rules decide what passes (``CompositionScreenConfig.rule``):
   e_form_std) and gap ~ N(band_gap_mean, band_gap_std); a formula passes when the probability
   that all four conditions hold is at least ``min_probability``.
 
-The probabilities (columns :data:`PROBABILITY_COLUMNS`) are computed under either rule, so every
-survivor carries them into the later stages and the report; see :func:`screen_probabilities`.
+The probabilities (columns :data:`PROBABILITY_COLUMNS`) of every survivor are computed under
+either rule (the probabilistic rule needs them for every predicted row, the deterministic one
+computes them for its survivors only), so every survivor carries them into the later stages and
+the report; see :func:`screen_probabilities`.
 """
 
 from __future__ import annotations
@@ -370,8 +372,8 @@ def screen_compositions(
     threshold. Under the probabilistic rule a row passes a filter when the probability that it
     and every earlier one hold is at least ``config.min_probability``: the first filter uses
     P(E_f <= t_f and E_above_hull <= t_h), the band-gap filter that times ``p_band_gap``, the
-    oxidation-window filter ``p_joint``. The probabilities are computed under either rule
-    (:func:`screen_probabilities`); the funnel has the same keys and order under both.
+    oxidation-window filter ``p_joint``. The survivors' probabilities are computed under
+    either rule (:func:`screen_probabilities`; the deterministic rule leaves the other rows' NaN); the funnel has the same keys and order under both.
 
     Args:
         predictions: one row per formula with :data:`PREDICTION_COLUMNS` (``error`` is None for

@@ -39,7 +39,7 @@ class CompositionScreenConfig:
     """Thresholds of composition screening (units in the names; ranges in ``SETTING_RANGES``).
 
     ``rule`` is one of :data:`RULES`; ``min_probability`` is used by the probabilistic rule only
-    (the probabilities are computed and reported under either rule).
+    (the survivors' probabilities are computed and reported under either rule).
     """
 
     max_e_form_ev_per_atom: float = 0.1
