@@ -118,3 +118,14 @@ def s3_settings(moto_endpoint: str):
         s3_secure=False,
         s3_region="us-east-1",
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one torch thread (and do not fight other jobs for cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

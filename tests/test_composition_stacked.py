@@ -4,7 +4,6 @@ per-member early stopping, refused checkpoints, the data cache and the export ro
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,7 @@ FORMULAS = ["Li", "Li2O", "Li3PS4", "Li7La3Zr2O12", "LiMn0.5Ni0.5PO4", "LiNaMgAl
             "LiBeBCNOFNa", "NaCl", "Cs2AgBiBr6", "LiCoO2", "Fe2O3"]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
