@@ -26,14 +26,19 @@ def train_generator(
     threads: int = typer.Option(1, min=1, help="torch intra-op threads."),
     time_budget: float = typer.Option(0.0, min=0.0, help="Stop (after a checkpoint) after S seconds; 0: no limit."),
     checkpoint_every: int = typer.Option(250, min=1, help="Steps between checkpoints."),
-    eval_structures: int = typer.Option(500, min=0, help="perov_5 test crystals evaluated after training (0: skip)."),
+    eval_structures: int = typer.Option(500, min=0, help="Test crystals evaluated after training (0: skip)."),
+    data: str = typer.Option("mp20", help="mp20: the bundled MP-20-like train part; perov5: perov_5 val."),
+    hidden: int = typer.Option(128, min=8, help="Width of the denoiser (fixed at a run's first start)."),
+    layers: int = typer.Option(4, min=1, help="Message-passing layers (fixed at a run's first start)."),
 ) -> None:
-    """Train the stage-5 generator on perov_5 val (train split not available here); resumable, fixed seeds."""
+    """Train the stage-5 generator (resumable, fixed seeds) on the MP-20-like set or on perov_5."""
     with _clear_errors():
+        from htvs.generation.model import DenoiserConfig
         from htvs.generation.train import TrainConfig, train_generator as run
 
         config = TrainConfig(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                             threads=threads, time_budget_s=time_budget, checkpoint_every=checkpoint_every)
+                             threads=threads, time_budget_s=time_budget, checkpoint_every=checkpoint_every,
+                             data=data, model=DenoiserConfig(hidden=hidden, layers=layers))
         summary = run(out, config, log=lambda line: print(line, flush=True))
         print(f"generator: {summary['step']} steps, {summary['seconds']:.0f} s of training in {out}", flush=True)
         if eval_structures:

@@ -1,4 +1,5 @@
-"""Training of the stage-5 generator on perov_5 (the val split: train is not available here).
+"""Training of the stage-5 generator: on the MP-20-like set (train part) or on perov_5 (its val split,
+since perov_5's train split is not available here).
 
 Resumable and reproducible: the mini-batch of step ``s`` comes from a permutation seeded by the
 epoch, and its noise from a generator seeded by ``s``, so a run resumed from its checkpoint
@@ -54,13 +55,32 @@ class TrainConfig:
     timesteps: int = 1000
     sigma_begin: float = 0.005
     sigma_end: float = 0.5
+    data: str = "perov5"
+
+    def __post_init__(self) -> None:
+        if self.data not in DATASETS:
+            raise InvalidInput(f"training data must be one of {sorted(DATASETS)}, got {self.data!r}")
 
     def run_dict(self) -> dict:
         """The settings that define a run (must not change when resuming)."""
         keys = ("batch_size", "learning_rate", "warmup_steps", "grad_clip", "ema_decay", "seed",
                 "timesteps", "sigma_begin", "sigma_end")
         return {**{k: getattr(self, k) for k in keys}, "model": self.model.to_dict(),
-                "data": "perov_5 val (train split not available here)"}
+                "data": DATASETS[self.data]}
+
+
+#: Training sets by name, with the description a run records.
+DATASETS = {"perov5": "perov_5 val (train split not available here)",
+            "mp20": "MP-20-like train part (htvs.generation.mp_data)"}
+
+
+def training_crystals(name: str) -> CrystalArrays:
+    """The training crystals of dataset ``name`` (see :data:`DATASETS`)."""
+    if name == "mp20":
+        from htvs.generation.mp_data import load_mp20
+
+        return load_mp20("train")
+    return load_perov5("val")
 
 
 def crystal_tensors(crystals: CrystalArrays) -> dict[str, torch.Tensor]:
@@ -126,13 +146,13 @@ def train_generator(
     """Train (or resume) the denoiser in ``run_dir``; returns ``{"step", "seconds", "last"}``.
 
     Args:
-        crystals: training set (default: bundled perov_5 val).
+        crystals: training set (default: the bundled set named by ``config.data``).
         stop_after: stop after this many steps *in this call* (simulates an interruption; tests).
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
-    crystals = crystals if crystals is not None else load_perov5("val")
+    crystals = crystals if crystals is not None else training_crystals(config.data)
     if len(crystals) < config.batch_size:
         raise InvalidInput(f"batch size {config.batch_size} exceeds the {len(crystals)} training crystals")
     model, ema, optimizer, schedule = build(config)
