@@ -115,7 +115,7 @@ def test_hull_json_of_a_ground_state_is_zero(runner: CliRunner) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["window", "Li("], "cannot parse formula 'Li('"),
+        (["window", "Li("], "cannot read formula 'Li(': a bracket is opened and not closed"),
         (["window", "LiFr"], "Fr"),
         (["hull", "Li3PS4", "--ef", "nan"], "must be finite"),
         (["hull", "", "--ef", "0"], "empty formula"),

@@ -72,9 +72,9 @@ def test_missing_bundled_file_is_named() -> None:
     [
         ("", "empty formula"),
         ("   ", "empty formula"),
-        ("Li(", "cannot parse formula 'Li\\('"),
-        ("Li-1O", "cannot parse formula 'Li-1O'"),
-        ("XxO", "Xx0\\+ is not a chemical element"),
+        ("Li(", "cannot read formula 'Li\\(': a bracket is opened and not closed"),
+        ("Li-1O", "cannot read formula 'Li-1O': unexpected character '-' at position 3"),
+        ("XxO", "cannot read formula 'XxO': 'Xx' is not an element symbol"),
         ("Li1e9O", "limit 10000"),
     ],
 )
@@ -93,3 +93,21 @@ def test_vectorized_reduction_agrees_with_pymatgen() -> None:
 def test_reduced_formula() -> None:
     assert reduced_formula("Li12P4S16") == "Li3PS4"
     assert reduced_formula(" Li7La3Zr2O12 ") == "Li7La3Zr2O12"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Lli3PS4", "'Lli' is not an element symbol (did you mean 'Li'?)"),
+        ("Li3PS5x", "unexpected lowercase 'x' at position 7"),
+        ("li3ps4", "element symbols start with a capital letter; did you mean 'Li3PS4'?"),
+        ("li10gep2s12", "did you mean 'Li10GeP2S12'?"),
+        ("Li2O)", "unmatched ')' at position 5"),
+        ("Li3PS4!", "unexpected character '!' at position 7"),
+    ],
+)
+def test_unreadable_formulas_are_explained_in_the_writers_terms(text, message):
+    with pytest.raises(InvalidInput) as caught:
+        parse_composition(text)
+    assert message in str(caught.value)
+    assert "invalid formula!" not in str(caught.value) and "0+" not in str(caught.value)
