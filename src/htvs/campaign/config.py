@@ -142,6 +142,47 @@ class StructuresSection(_Section):
         }
 
 
+class GenerationSection(_Section):
+    """Stage 5: generated structures for the best ``max_formulas`` screened formulas (in the
+    screen's ranking), ``n_samples`` each, sampled by the generator (``models``; null = the
+    shipped one in src/htvs/models/generator) with ``seed`` and ``step_lr``, ``batch_crystals``
+    crystals per denoising loop on ``threads`` torch threads; one formula unit per cell (the
+    screened formula), at most ``max_atoms`` atoms. Samples failing the physical sanity filter
+    (:mod:`htvs.generation.sanity`: shortest distance, periodic images included, under
+    ``max(min_distance_fraction * (r_a + r_b), min_distance_angstrom)`` with bond radii r in Å,
+    or volume per atom outside ``[min_volume_per_atom_a3, max_volume_per_atom_a3]`` Å^3/atom) are
+    rejected with their reason. Off by default (the paper had no stage 5): the stage then writes
+    empty tables."""
+
+    enabled: bool = False
+    models: Path | None = None
+    max_formulas: int = 100
+    n_samples: int = 4
+    seed: int = 0
+    step_lr: float = 1e-5
+    max_atoms: int = 20
+    batch_crystals: int = 256
+    threads: int = 1
+    min_distance_fraction: float = 0.5
+    min_distance_angstrom: float = 0.5
+    min_volume_per_atom_a3: float = 5.0
+    max_volume_per_atom_a3: float = 100.0
+
+    @classmethod
+    def ranges(cls) -> dict[str, Range]:
+        from htvs.generation.sanity import SANITY_RANGES
+
+        return SANITY_RANGES | {
+            "max_formulas": Range(0, 1_000_000, integer=True),
+            "n_samples": Range(1, 100, integer=True),
+            "seed": Range(0, 2**32 - 1, integer=True),
+            "step_lr": Range(0.0, 1.0),
+            "max_atoms": Range(1, 1000, integer=True),
+            "batch_crystals": Range(1, 100_000, integer=True),
+            "threads": Range(1, 256, integer=True),
+        }
+
+
 class ConductivitySection(_Section):
     """Stage 6: the conductivity GNN ensemble on the unique structures.
 
@@ -214,6 +255,7 @@ class CampaignConfig(_Section):
     substitution: SubstitutionSection = SubstitutionSection()
     composition: CompositionSection = CompositionSection()
     screening: ScreeningSection = ScreeningSection()
+    generation: GenerationSection = GenerationSection()
     structures: StructuresSection = StructuresSection()
     conductivity: ConductivitySection = ConductivitySection()
     validation: ValidationSection = ValidationSection()
@@ -286,11 +328,12 @@ def validate_campaign(config: CampaignConfig, base_dir: Path | None = None) -> C
                 raise InvalidInput(f"composition.{key}: no model_card.json in {_path_text(path)}")
     if config.validation.top_k > 0:
         validation_config(config)
-    folder = config.conductivity.models
-    if folder is not None:
-        path = folder if folder.is_absolute() else base / folder
-        if not _exists(path / "model_card.json", "file"):
-            raise InvalidInput(f"conductivity.models: no model_card.json in {_path_text(path)}")
+    sanity_config(config)
+    for section, folder in (("conductivity", config.conductivity.models), ("generation", config.generation.models)):
+        if folder is not None:
+            path = folder if folder.is_absolute() else base / folder
+            if not _exists(path / "model_card.json", "file"):
+                raise InvalidInput(f"{section}.models: no model_card.json in {_path_text(path)}")
     source = config.prototypes.source
     if not is_source_name(source):
         path = Path(source) if Path(source).is_absolute() else base / source
@@ -328,6 +371,18 @@ def validation_config(config: CampaignConfig):
         )
     except InvalidInput as exc:
         raise InvalidInput(f"validation: {exc}") from None
+
+
+def sanity_config(config: CampaignConfig):
+    """The stage-5 :class:`~htvs.generation.sanity.SanityConfig` of a campaign (InvalidInput
+    names a bad threshold, e.g. a minimum volume per atom not below the maximum)."""
+    from htvs.generation.sanity import SanityConfig, check_volume_bounds
+
+    g = config.generation
+    check_volume_bounds(g.min_volume_per_atom_a3, g.max_volume_per_atom_a3, prefix="generation.")
+    return SanityConfig(min_distance_fraction=g.min_distance_fraction, min_distance_angstrom=g.min_distance_angstrom,
+                        min_volume_per_atom_a3=g.min_volume_per_atom_a3,
+                        max_volume_per_atom_a3=g.max_volume_per_atom_a3)
 
 
 def substitution_config(config: CampaignConfig):
@@ -566,7 +621,8 @@ def load_campaign(path: str | Path) -> CampaignConfig:
 
 
 def resolve_paths(config: CampaignConfig, base: Path) -> CampaignConfig:
-    """Make the model folders and a folder prototype source absolute (relative to ``base``)."""
+    """Make the model folders (composition, conductivity, generation) and a folder prototype source
+    absolute (relative to ``base``)."""
     composition = config.composition.model_copy(
         update={
             key: (base / value if value is not None and not value.is_absolute() else value)
@@ -580,9 +636,12 @@ def resolve_paths(config: CampaignConfig, base: Path) -> CampaignConfig:
     if not is_source_name(source) and not Path(source).is_absolute():
         source = str(base / source)
     prototypes = config.prototypes.model_copy(update={"source": source})
-    models = config.conductivity.models
-    conductivity = config.conductivity.model_copy(
-        update={"models": base / models if models is not None and not models.is_absolute() else models}
-    )
+    def absolute(section):
+        models = section.models
+        return section.model_copy(
+            update={"models": base / models if models is not None and not models.is_absolute() else models}
+        )
+
     return config.model_copy(update={"composition": composition, "prototypes": prototypes,
-                                     "conductivity": conductivity})
+                                     "conductivity": absolute(config.conductivity),
+                                     "generation": absolute(config.generation)})

@@ -132,11 +132,18 @@ def _screen(ctx: RunContext) -> StageManifest:
     return run_screen(ctx.store, ctx.config, list(ctx.results["predict"]), ctx.backend, ctx.progress)
 
 
+def _generate(ctx: RunContext) -> StageManifest:
+    from htvs.campaign.stages import run_generate
+
+    return run_generate(ctx.store, ctx.config, ctx.results["screen"], ctx.backend, ctx.progress)
+
+
 def _structures(ctx: RunContext) -> StageManifest:
     from htvs.campaign.stages import run_structures
 
     r = ctx.results
-    return run_structures(ctx.store, ctx.config, r["prototypes"], r["substitute"], r["screen"], ctx.progress)
+    return run_structures(ctx.store, ctx.config, r["prototypes"], r["substitute"], r["screen"], r["generate"],
+                          ctx.progress)
 
 
 def _conductivity(ctx: RunContext) -> StageManifest:
@@ -159,6 +166,8 @@ def _report(ctx: RunContext) -> dict:
 
 
 _CPU2 = Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi")
+#: A pod with one GPU (stages 5 and 7: the generator's denoiser, MD with the MLIP).
+_GPU = Resources(cpu_request="4", memory_request="8Gi", memory_limit="32Gi", gpus=1)
 
 #: The stages in run order (every stage after the stages it needs).
 STAGES: tuple[Stage, ...] = (
@@ -177,8 +186,14 @@ STAGES: tuple[Stage, ...] = (
           ("predict",), {"screen": "screen.parquet", "funnel": "funnel.json"}, "screening",
           ("predicted", "e_form_and_hull", "band_gap", "oxidation_window"), "formulas", "composition",
           _CPU2, _screen, exported=("screen",)),
-    Stage("structures", "stage 4: materialize the survivors' structures and deduplicate them",
-          ("prototypes", "substitute", "screen"), {"structures": "structures.parquet", "errors": "errors.json"},
+    Stage("generate", "stage 5: generated structures for the best screened formulas, sanity-filtered",
+          ("screen",), {"generated": "generated.parquet", "rejected": "rejected.parquet"}, "generation",
+          ("generated_formulas", "generated_samples", "generated_accepted"), "generated_samples", "generator",
+          _GPU, _generate, reports_funnel=lambda config: config.generation.enabled,
+          exported=("generated", "rejected")),
+    Stage("structures", "stage 4: materialize the survivors' structures, add the generated ones, deduplicate",
+          ("prototypes", "substitute", "screen", "generate"), {"structures": "structures.parquet",
+                                                                "errors": "errors.json"},
           "structures", ("structures", "unique_structures"), "structures", "structure", _CPU2, _structures,
           exported=("structures",)),
     Stage("conductivity", "stage 6: conductivity model on every unique structure -> shortlist",
@@ -187,11 +202,10 @@ STAGES: tuple[Stage, ...] = (
           _conductivity, exported=("conductivity",)),
     Stage("validate", "stage 7: relaxation, stability and MD of the shortlist's top_k",
           ("structures", "conductivity"), {"validation": "validation.parquet", "documents": "validation.json"},
-          "validation", ("validated", "validated_stable"), "validated", "dft",
-          Resources(cpu_request="4", memory_request="8Gi", memory_limit="32Gi", gpus=1), _validate,
+          "validation", ("validated", "validated_stable"), "validated", "dft", _GPU, _validate,
           reports_funnel=lambda config: config.validation.top_k > 0, exported=("validation", "documents")),
     Stage("report", "funnel.json, candidates.csv and structure_candidates.csv",
-          ("prototypes", "substitute", "predict", "screen", "structures", "conductivity", "validate"), {},
+          ("prototypes", "substitute", "predict", "screen", "generate", "structures", "conductivity", "validate"), {},
           None, (), None, None, Resources(), _report),
 )
 STAGES_BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}

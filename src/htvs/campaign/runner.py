@@ -19,7 +19,7 @@ from htvs.atomic import output_folder, write_bytes_atomic
 from htvs.campaign.config import CampaignConfig
 from htvs.campaign.graph import FUNNEL_ORDER, STAGES, STEP_NAMES, RunContext, output_key, stage, upstream
 from htvs.campaign.remote import StageClient
-from htvs.campaign.stages import InProcessBackend, StageBackend
+from htvs.campaign.stages import InProcessBackend, StageBackend, ranked_survivors
 from htvs.store import ArtifactStore, StageManifest
 
 #: The step names, in run order (see :mod:`htvs.campaign.graph`).
@@ -100,10 +100,10 @@ def write_report(store: ArtifactStore, config: CampaignConfig, results: Results)
         for key in s.funnel
     }
     table = store.get_table(output_key(results["screen"], "screen", "screen")).to_pandas()
-    candidates = table[table["passed"]].drop(
+    candidates = ranked_survivors(table)
+    candidates = candidates.drop(
         columns=[c for c in table.columns if c.startswith("passed") or c in ("error", "screen_error")]
     )
-    candidates = candidates.sort_values(["phi_ox", "e_above_hull"], ascending=[False, True])
     prefix = report_prefix(config)
     if "conductivity" in results:
         scored = store.get_table(output_key(results["conductivity"], "conductivity", "conductivity")).to_pandas()

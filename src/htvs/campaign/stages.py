@@ -38,6 +38,8 @@ class StageBackend(Protocol):
 
     def conductivity(self, items: list[tuple[str, object]], config: CampaignConfig) -> list: ...
 
+    def generate(self, formulas: list[str], config: CampaignConfig, seed: int) -> list: ...
+
 
 @dataclass
 class InProcessBackend:
@@ -46,6 +48,7 @@ class InProcessBackend:
     _models: tuple | None = None
     _hull: object | None = None
     _conductivity: object | None = None
+    _generator: object | None = None
 
     def substitute(self, patterns, config):
         from htvs.substitution import enumerate_substitutions
@@ -80,6 +83,26 @@ class InProcessBackend:
         return predict_conductivity(items, self._conductivity,
                                     ConductivityConfig(max_atoms=section.max_atoms, batch_size=section.batch_size))
 
+    def generate(self, formulas: list[str], config: CampaignConfig, seed: int) -> list:
+        """Stage 5 on ``formulas``: ``generation.n_samples`` samples each, in one denoising loop
+        seeded with ``seed``; GeneratedStructure or htvs.errors.RowError rows (formula, sample
+        order; see :func:`htvs.generation.stage.generate_structures`). torch's thread count is
+        restored afterwards."""
+        import torch
+
+        from htvs.generation.stage import GenerationConfig, generate_structures, load_generator
+
+        section = config.generation
+        if self._generator is None:
+            self._generator = load_generator(section.models)
+        settings = GenerationConfig(n_samples=section.n_samples, max_atoms=section.max_atoms, seed=seed,
+                                    step_lr=section.step_lr, threads=section.threads)
+        threads = torch.get_num_threads()
+        try:
+            return generate_structures(formulas, self._generator, settings)
+        finally:
+            torch.set_num_threads(threads)
+
     def models(self, config: CampaignConfig):
         from htvs.composition.ship import load_ensemble
 
@@ -109,6 +132,16 @@ def conductivity_model_version(config: CampaignConfig) -> dict[str, str]:
     from htvs.model_cards import card_sha256
 
     return {"conductivity": card_sha256(config.conductivity.models or default_model_dir())}
+
+
+def generator_model_version(config: CampaignConfig) -> dict[str, str]:
+    """sha256 of the generator's model card: part of stage 5's cache key (none when disabled)."""
+    if not config.generation.enabled:
+        return {}
+    from htvs.generation.stage import default_model_dir
+    from htvs.model_cards import card_sha256
+
+    return {"generator": card_sha256(config.generation.models or default_model_dir())}
 
 
 def run_prototypes(store: ArtifactStore, config: CampaignConfig, progress=None) -> StageManifest:
@@ -244,6 +277,164 @@ def run_screen(
     return run_cached(store, "screen", config.screening, keys, step)
 
 
+def ranked_survivors(screen: pd.DataFrame) -> pd.DataFrame:
+    """The formulas that passed the screen, best first: highest oxidation limit phi_ox (V vs
+    Li/Li+), then lowest E_above_hull (eV/atom), then formula (the order of candidates.csv)."""
+    survivors = screen[screen["passed"]]
+    return survivors.sort_values(["phi_ox", "e_above_hull", "formula"], ascending=[False, True, True],
+                                 kind="stable").reset_index(drop=True)
+
+
+#: What a generated structure is called in the later stages' ``origin`` column (the others:
+#: ``"substitution"``).
+GENERATED = "generated"
+SUBSTITUTION = "substitution"
+#: The screen's columns a generated structure carries (its formula's rank and values).
+_SCREEN_COLUMNS = ("e_above_hull", "phi_ox")
+#: ``generated.parquet``: the accepted samples (``prototype_id`` is always null: a generated
+#: structure has no prototype; volumes in Å^3 and Å^3/atom).
+GENERATED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("formula", pa.string()), ("sample", pa.int64()), ("origin", pa.string()),
+    ("prototype_id", pa.string()), ("screen_rank", pa.int64()), ("e_above_hull", pa.float64()),
+    ("phi_ox", pa.float64()), ("cif", pa.string()), ("num_atoms", pa.int64()), ("volume_a3", pa.float64()),
+    ("volume_per_atom_a3", pa.float64()),
+])
+#: ``rejected.parquet``: a refused formula (``sample`` null: unknown element, too many atoms) or a
+#: rejected sample (degenerate cell, or the sanity filter's reason).
+REJECTED_SCHEMA = pa.schema([
+    ("formula", pa.string()), ("sample", pa.int64()), ("kind", pa.string()), ("reason", pa.string()),
+])
+#: ``kind`` of a sample the sanity filter rejected.
+UNPHYSICAL = "Unphysical"
+
+
+def generated_id(formula: str, sample: int) -> str:
+    """``"generated|<formula>|<sample>"``: never a substitution id (those start with a prototype id)."""
+    from htvs.structures.records import ID_SEPARATOR
+
+    return ID_SEPARATOR.join((GENERATED, formula, str(sample)))
+
+
+def _generated_part(rows: list, formulas: list[str], sanity) -> pa.Table:
+    """One batch of stage 5's rows (:func:`~htvs.generation.stage.generate_structures`' output
+    for ``formulas``), sanity-checked, as one table: accepted and rejected rows, ``reason`` null
+    for the accepted. A refused formula (kind InvalidInput) has a null ``sample``; a degenerate
+    sample (kind StageFailed) the number of its place among its formula's rows."""
+    from htvs.errors import RowError
+    from htvs.generation.sanity import sanity_reason
+    from htvs.prototypes.readers import parse_cif
+
+    names = ("formula", "sample", "cif", "num_atoms", "volume_a3", "kind", "reason")
+    out: dict[str, list] = {name: [] for name in names}
+    seen = [0] * len(formulas)  # rows so far of each formula (they come in sample order)
+
+    def add(index, sample, cif=None, num_atoms=None, volume=None, kind=None, reason=None) -> None:
+        seen[index] += 1
+        for name, value in zip(names, (formulas[index], sample, cif, num_atoms, volume, kind, reason)):
+            out[name].append(value)
+
+    index = 0
+    for row in rows:
+        if isinstance(row, RowError):
+            index = row.index
+            add(index, seen[index] if row.kind == "StageFailed" else None, kind=row.kind, reason=row.message)
+            continue
+        while formulas[index].strip() != row.formula:
+            index += 1
+        try:
+            reason = sanity_reason(parse_cif(row.cif)[0], sanity)
+        except InvalidInput as exc:  # the generator's own CIF did not read back
+            reason = f"its CIF cannot be read: {exc}"
+        if reason is None:
+            add(index, row.sample, row.cif, row.num_atoms, row.volume_a3)
+        else:
+            add(index, row.sample, kind=UNPHYSICAL, reason=f"sample {row.sample} of {row.formula!r}: {reason}")
+    types = {"sample": pa.int64(), "num_atoms": pa.int64(), "volume_a3": pa.float64()}
+    return pa.table({name: pa.array(out[name], types.get(name, pa.string())) for name in names})
+
+
+def run_generate(
+    store: ArtifactStore, config: CampaignConfig, screened: StageManifest, backend: StageBackend, progress=None
+) -> StageManifest:
+    """Stage 5: structures generated for the best ``generation.max_formulas`` screened formulas.
+
+    The survivors of stage 3 are ranked as candidates.csv ranks them (:func:`ranked_survivors`);
+    each of the first ``max_formulas`` gets ``n_samples`` samples, ``batch_crystals`` crystals
+    per denoising loop (batch ``k`` seeded ``generation.seed + k``; a finished batch is kept in
+    the store, so a killed stage resumes). Every sample passes the physical sanity filter
+    (:mod:`htvs.generation.sanity`) or is rejected. ``progress(step, done, total)`` sees
+    ``generate`` in samples.
+
+    Writes ``generated.parquet`` (:data:`GENERATED_SCHEMA`, ``origin`` "generated", null
+    ``prototype_id``) and ``rejected.parquet`` (:data:`REJECTED_SCHEMA`: formulas the generator
+    refused, e.g. an element it does not know, and rejected samples, each with its reason). With
+    ``generation.enabled`` false both are empty and nothing is loaded.
+    """
+    from htvs.campaign.config import sanity_config
+
+    section = config.generation
+    screen_key = output_key(screened, "screen", "screen")
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        ranked = ranked_survivors(store.get_table(screen_key).to_pandas())
+        chosen = ranked.head(section.max_formulas) if section.enabled else ranked.iloc[:0]
+        formulas = [str(f) for f in chosen["formula"]]
+        per_batch = max(1, section.batch_crystals // section.n_samples)
+        batches = [list(range(lo, min(lo + per_batch, len(formulas)))) for lo in range(0, len(formulas), per_batch)]
+        parts = StoredParts(store, f"{prefix}/parts")
+        sanity = sanity_config(config)
+        total = len(formulas) * section.n_samples
+        tables = []
+        for k, batch in enumerate(batches):
+            if progress is not None:
+                progress("generate", batch[0] * section.n_samples, total)
+            table = parts.load(k)
+            if table is None:
+                names = [formulas[i] for i in batch]
+                table = _generated_part(backend.generate(names, config, section.seed + k), names, sanity)
+                parts.save(k, table)
+            tables.append(table)
+        frame = (pa.concat_tables(tables).to_pandas() if tables else
+                 pd.DataFrame(columns=["formula", "sample", "cif", "num_atoms", "volume_a3", "kind", "reason"]))
+        accepted = frame[frame["reason"].isna()].reset_index(drop=True)
+        rejected = frame[frame["reason"].notna()].reset_index(drop=True)
+        ranks = {f: i + 1 for i, f in enumerate(formulas)}
+        values = chosen.set_index("formula")
+        generated = pa.table({
+            "id": [generated_id(f, int(k)) for f, k in zip(accepted["formula"], accepted["sample"])],
+            "formula": accepted["formula"].tolist(),
+            "sample": accepted["sample"].astype("int64").tolist(),
+            "origin": [GENERATED] * len(accepted),
+            "prototype_id": [None] * len(accepted),
+            "screen_rank": [ranks[f] for f in accepted["formula"]],
+            **{c: [float(values.at[f, c]) for f in accepted["formula"]] for c in _SCREEN_COLUMNS},
+            "cif": accepted["cif"].tolist(),
+            "num_atoms": accepted["num_atoms"].astype("int64").tolist(),
+            "volume_a3": accepted["volume_a3"].astype(float).tolist(),
+            "volume_per_atom_a3": (accepted["volume_a3"].astype(float) / accepted["num_atoms"].astype(float)).tolist(),
+        }, schema=GENERATED_SCHEMA)
+        refused = pa.table({
+            "formula": rejected["formula"].tolist(),
+            "sample": [None if pd.isna(v) else int(v) for v in rejected["sample"]],
+            "kind": rejected["kind"].tolist(), "reason": rejected["reason"].tolist(),
+        }, schema=REJECTED_SCHEMA)
+        generated_key, rejected_key = f"{prefix}/generated.parquet", f"{prefix}/rejected.parquet"
+        store.put_table(generated_key, generated)
+        store.put_table(rejected_key, refused)
+        parts.clear()
+        drawn = len(accepted) + int(rejected["sample"].notna().sum())
+        if progress is not None:
+            progress("generate", total, total)
+        counts = {"generated_formulas": len(formulas), "generated_samples": drawn,
+                  "generated_accepted": len(accepted), "refused_formulas": int(rejected["sample"].isna().sum()),
+                  "rejected_samples": int(rejected["sample"].notna().sum())}
+        return [generated_key, rejected_key], counts, {"generate": time.perf_counter() - start}
+
+    return run_cached(store, "generate", section, [screen_key], step,
+                      model_versions=generator_model_version(config))
+
+
 @dataclass(frozen=True)
 class StoredParts:
     """Finished parts of a stage, as tables kept in the store under ``prefix`` until the stage
@@ -323,18 +514,25 @@ def run_structures(
     prototypes: StageManifest,
     substituted: StageManifest,
     screened: StageManifest,
+    generated: StageManifest,
     progress=None,
 ) -> StageManifest:
-    """Stage 4: materialize every substitution of a surviving formula, then deduplicate.
+    """Stage 4: materialize every substitution of a surviving formula, add stage 5's generated
+    structures, then deduplicate them together.
 
     Formulas are split into parts processed by ``HTVS_WORKERS`` processes (default: one per
-    core), with the result of one process (see :mod:`htvs.structures.parallel`).
-    ``progress(step, done, total)`` sees ``structures`` in substitution rows.
+    core), with the result of one process (see :mod:`htvs.structures.parallel`). A generated
+    structure comes after the substituted ones of its formula, so where the two match the
+    substituted one is kept and the generated one recorded as its duplicate.
+    ``progress(step, done, total)`` sees ``structures`` in rows (substitutions and generated).
 
-    Writes ``structures.parquet``: one row per materialized structure (``id``, ``formula``,
-    ``prototype_id``, ``duplicate_of`` — null for the representatives — and, for the
-    representatives, ``cif`` and the structure as ``lattice_matrix`` / ``species`` /
-    ``frac_coords`` arrays, Å and fractional), plus per-row errors in ``errors.json``.
+    Writes ``structures.parquet``: one row per structure (``id``, ``formula``, ``prototype_id`` —
+    null for a generated structure —, ``origin`` — ``substitution`` or ``generated`` —,
+    ``duplicate_of`` — null for the representatives — and, for the representatives, ``cif`` and
+    the structure as ``lattice_matrix`` / ``species`` / ``frac_coords`` arrays, Å and
+    fractional), plus per-row errors in ``errors.json``. Its counts add ``generated_structures``,
+    ``generated_unique`` and ``generated_matched_substitution`` (generated structures kept as
+    duplicates of a substituted one).
     """
     from htvs.settings import Settings
     from htvs.structures import DedupeConfig, MaterializeConfig, select_for_survivors
@@ -345,6 +543,7 @@ def run_structures(
         output_key(prototypes, "prototypes", "prototypes"),
         output_key(substituted, "substitute", "substitutions"),
         output_key(screened, "screen", "screen"),
+        output_key(generated, "generate", "generated"),
     ]
 
     def step(store: ArtifactStore, prefix: str):
@@ -352,24 +551,31 @@ def run_structures(
         screen = store.get_table(keys[2]).to_pandas()
         survivors = screen.loc[screen["passed"], "formula"].tolist()
         rows = select_for_survivors(store.get_table(keys[1]).to_pandas(), survivors)
-        if len(rows) > section.max_structures:
+        extra = store.get_table(keys[3]).select(["id", "formula", "cif"]).to_pandas()
+        if len(rows) + len(extra) > section.max_structures:
             raise InvalidInput(
-                f"structures.max_structures is {section.max_structures} but {len(rows)} substitutions "
-                "survived screening; raise the limit or tighten the thresholds"
+                f"structures.max_structures is {section.max_structures} but {len(rows)} substitutions survived "
+                f"screening and {len(extra)} structures were generated; raise the limit or tighten the thresholds"
             )
         parts = StoredParts(store, f"{prefix}/parts")
         table, errors, cpu = build_structures(
             read_prototypes(store, keys[0]), rows, MaterializeConfig(rescale_volume=section.rescale_volume),
             DedupeConfig(ltol=section.ltol, stol=section.stol, angle_tol=section.angle_tol),
-            workers=Settings.from_env().workers, progress=_relay(progress, "structures", len(rows)),
-            checkpoint=parts,
+            workers=Settings.from_env().workers, progress=_relay(progress, "structures", len(rows) + len(extra)),
+            checkpoint=parts, generated=extra,
         )
         table_key, errors_key = f"{prefix}/structures.parquet", f"{prefix}/errors.json"
         store.put_table(table_key, table)
         store.put_json(errors_key, errors)
         parts.clear()
         unique = table.num_rows - table.column("cif").null_count
-        counts = {"structures": table.num_rows, "unique_structures": unique, "errors": len(errors)}
+        frame = table.select(["id", "origin", "duplicate_of"]).to_pandas()
+        origin = frame.set_index("id")["origin"]
+        made = frame[frame["origin"] == GENERATED]
+        counts = {"structures": table.num_rows, "unique_structures": unique, "errors": len(errors),
+                  "generated_structures": len(made), "generated_unique": int(made["duplicate_of"].isna().sum()),
+                  "generated_matched_substitution": int(
+                      (made["duplicate_of"].map(origin) == SUBSTITUTION).sum())}
         timings = {"build": time.perf_counter() - start, "materialize_cpu": cpu["materialize"],
                    "dedupe_cpu": cpu["dedupe"]}
         return [table_key, errors_key], counts, timings
@@ -383,7 +589,7 @@ def run_conductivity(
 ) -> StageManifest:
     """Stage 6: the GNN ensemble on every unique structure of stage 4.
 
-    Writes ``conductivity.parquet``: ``id``, ``formula``, ``prototype_id``, ``log10_sigma_mean``,
+    Writes ``conductivity.parquet``: ``id``, ``formula``, ``prototype_id``, ``origin``, ``log10_sigma_mean``,
     ``log10_sigma_std`` (log10 S/cm at 300 K), ``p_superionic`` (P(sigma >= 1e-4 S/cm)),
     ``shortlisted`` (p_superionic >= conductivity.min_p_superionic) and ``error`` (null when
     predicted); rows are sorted by ``p_superionic`` then ``log10_sigma_mean``, best first.
@@ -403,7 +609,7 @@ def run_conductivity(
         ok = [isinstance(r, ConductivityPrediction) for r in records]
         return pd.DataFrame({
             "id": rows["id"].to_numpy(), "formula": rows["formula"].to_numpy(),
-            "prototype_id": rows["prototype_id"].to_numpy(),
+            "prototype_id": rows["prototype_id"].to_numpy(), "origin": rows["origin"].to_numpy(),
             "log10_sigma_mean": [r.log10_sigma_mean if good else np.nan for r, good in zip(records, ok)],
             "log10_sigma_std": [r.log10_sigma_std if good else np.nan for r, good in zip(records, ok)],
             "p_superionic": [r.p_superionic if good else np.nan for r, good in zip(records, ok)],
@@ -413,7 +619,7 @@ def run_conductivity(
     def step(store: ArtifactStore, prefix: str):
         start = time.perf_counter()
         table = store.get_table(key)
-        columns = ["id", "formula", "prototype_id", "duplicate_of", "cif"]
+        columns = ["id", "formula", "prototype_id", "origin", "duplicate_of", "cif"]
         columns += [c for c in ("lattice_matrix", "species", "frac_coords") if c in table.schema.names]
         table = table.select(columns).to_pandas()
         unique = table[table["duplicate_of"].isna() & table["cif"].notna()].reset_index(drop=True)
@@ -431,7 +637,8 @@ def run_conductivity(
             frames.append(frame)
             if progress is not None:
                 progress("conductivity", min(lo + block, len(unique)), len(unique))
-        columns = ["id", "formula", "prototype_id", "log10_sigma_mean", "log10_sigma_std", "p_superionic", "error"]
+        columns = ["id", "formula", "prototype_id", "origin", "log10_sigma_mean", "log10_sigma_std", "p_superionic",
+                   "error"]
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
         ok = frame["error"].isna().to_numpy()
         frame["shortlisted"] = frame["p_superionic"].fillna(-1.0) >= section.min_p_superionic

@@ -26,9 +26,10 @@ from htvs.campaign.graph import output_key
 from htvs.errors import HTVSError
 from htvs.store import ArtifactStore, StageManifest, run_cached
 
-#: Columns of ``validation.parquet`` (units: eV/atom, V vs Li/Li+, eV, mS/cm).
+#: Columns of ``validation.parquet`` (units: eV/atom, V vs Li/Li+, eV, mS/cm; ``origin``: the
+#: structure's, ``substitution`` or ``generated``).
 VALIDATION_COLUMNS = (
-    "id", "formula", "p_superionic", "e_form", "e_above_hull", "phi_red", "phi_ox", "activation_energy_eV",
+    "id", "formula", "origin", "p_superionic", "e_form", "e_above_hull", "phi_red", "phi_ox", "activation_energy_eV",
     "sigma_300K_mS_cm", "sigma_300K_low_mS_cm", "sigma_300K_high_mS_cm", "stable", "error",
 )  # fmt: skip
 
@@ -39,6 +40,7 @@ def _row(candidate: pd.Series, result: dict | None, error: str | None, max_e_hul
     return {
         "id": candidate["id"],
         "formula": (result or {}).get("formula") or candidate["formula"],
+        "origin": candidate.get("origin"),
         "p_superionic": float(candidate["p_superionic"]),
         "e_form": (result or {}).get("e_form"),
         "e_above_hull": e_hull,

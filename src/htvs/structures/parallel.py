@@ -7,6 +7,13 @@ order (the first of a set of duplicates stays the representative), and the parts
 back in the input order. Representatives carry their CIF text and the structure as plain arrays
 (lattice matrix, species, fractional coordinates), which later stages turn back into a pymatgen
 ``Structure`` some fifty times faster than they parse the CIF.
+
+Generated structures (stage 5: ``id``, ``formula``, ``cif``) join the substitution rows of their
+formula before deduplication, *after* them: the first of a set of duplicates stays the
+representative, so a generated structure that matches a substituted one is kept as a duplicate
+of it (``duplicate_of`` names the substituted structure), and one that matches an earlier sample
+of its formula as a duplicate of that sample. Every row carries its ``origin``
+(``substitution`` or ``generated``); a generated row has a null ``prototype_id``.
 """
 
 from __future__ import annotations
@@ -45,7 +52,12 @@ class PartResult:
     n_rows: int = 0
 
 
-COLUMNS = ("id", "formula", "prototype_id", "duplicate_of", "cif", "lattice_matrix", "species", "frac_coords")
+COLUMNS = ("id", "formula", "prototype_id", "origin", "duplicate_of", "cif", "lattice_matrix", "species",
+           "frac_coords")
+#: ``origin`` of a materialized substitution and of a generated structure.
+SUBSTITUTION, GENERATED = "substitution", "generated"
+#: Columns of the generated rows :func:`build_structures` takes (stage 5's ``generated.parquet``).
+GENERATED_COLUMNS = ("id", "formula", "cif")
 
 
 class PartCheckpoint(Protocol):
@@ -138,8 +150,23 @@ def _init_worker(prototypes: Mapping[str, Prototype]) -> None:
 
 
 def _run_part(args: tuple) -> PartResult:
-    positions, rows, materialize_config, dedupe_config = args
-    return build_part(_WORKER_PROTOTYPES, positions, rows, materialize_config, dedupe_config, _WORKER_CACHE)
+    positions, rows, materialize_config, dedupe_config, generated = args
+    return build_part(_WORKER_PROTOTYPES, positions, rows, materialize_config, dedupe_config, _WORKER_CACHE,
+                      generated)
+
+
+def _generated_items(generated: pd.DataFrame) -> tuple[list[tuple[str, str, Structure, str]], list[RowError]]:
+    """``(id, formula, structure, cif)`` of each generated row whose CIF reads, and the others'
+    errors (``index``: the row's place in ``generated``)."""
+    from htvs.prototypes.readers import parse_cif
+
+    items, failed = [], []
+    for index, (row_id, formula, cif) in enumerate(zip(generated["id"], generated["formula"], generated["cif"])):
+        try:
+            items.append((str(row_id), str(formula), parse_cif(cif)[0], str(cif)))
+        except InvalidInput as exc:
+            failed.append(RowError(index, str(row_id), f"generated structure {row_id!r}: {exc}", "InvalidInput"))
+    return items, failed
 
 
 def build_part(
@@ -149,34 +176,49 @@ def build_part(
     materialize_config: MaterializeConfig,
     dedupe_config: DedupeConfig,
     cache: PrototypeCache | None = None,
+    generated: pd.DataFrame | None = None,
 ) -> PartResult:
-    """Materialize and deduplicate one part (whole formulas); ``positions`` label its rows."""
-    out = PartResult(columns={name: [] for name in COLUMNS}, n_rows=len(rows))
+    """Materialize and deduplicate one part (whole formulas): its substitution ``rows``, then its
+    ``generated`` rows (:data:`GENERATED_COLUMNS`), deduplicated together with the substituted
+    structures first; ``positions`` label the substitution rows then the generated ones."""
+    n_generated = 0 if generated is None else len(generated)
+    out = PartResult(columns={name: [] for name in COLUMNS}, n_rows=len(rows) + n_generated)
     start = time.perf_counter()
-    results = materialize(prototypes, rows, materialize_config)
+    results = materialize(prototypes, rows, materialize_config) if len(rows) else []
     built, failed = split_results(results)
     built_positions = [int(positions[i]) for i, r in enumerate(results) if not isinstance(r, RowError)]
+    extra, unreadable = _generated_items(generated) if n_generated else ([], [])
+    bad = {e.index for e in unreadable}
+    extra_positions = [int(positions[len(rows) + i]) for i in range(n_generated) if i not in bad]
     out.materialize_s = time.perf_counter() - start
-    result = deduplicate(built, dedupe_config, prototypes=prototypes, cache=cache)
+    items = [*built, *((row_id, structure) for row_id, _, structure, _ in extra)]
+    result = deduplicate(items, dedupe_config, prototypes=prototypes, cache=cache)
     out.dedupe_s = time.perf_counter() - start - out.materialize_s
-    representatives = {item.id for item in result.unique}
-    for position, item in zip(built_positions, built, strict=True):
+    representatives = set(result.unique_ids)
+    records = [(item.id, item.formula, item.prototype_id, SUBSTITUTION, item.structure, item.to_cif)
+               for item in built]
+    records += [(row_id, formula, None, GENERATED, structure, lambda text=cif: text)
+                for row_id, formula, structure, cif in extra]
+    for position, (row_id, formula, prototype_id, origin, structure, cif) in zip(
+        built_positions + extra_positions, records, strict=True
+    ):
         out.positions.append(position)
         c = out.columns
-        c["id"].append(item.id)
-        c["formula"].append(item.formula)
-        c["prototype_id"].append(item.prototype_id)
-        c["duplicate_of"].append(result.duplicate_of.get(item.id))
-        if item.id in representatives:
-            lattice, species, coords = structure_arrays(item.structure)
-            c["cif"].append(item.to_cif())
+        c["id"].append(row_id)
+        c["formula"].append(formula)
+        c["prototype_id"].append(prototype_id)
+        c["origin"].append(origin)
+        c["duplicate_of"].append(result.duplicate_of.get(row_id))
+        if row_id in representatives:
+            lattice, species, coords = structure_arrays(structure)
+            c["cif"].append(cif())
         else:
             lattice = species = coords = None
             c["cif"].append(None)
         c["lattice_matrix"].append(lattice)
         c["species"].append(species)
         c["frac_coords"].append(coords)
-    out.errors = [{"id": e.value, "error": e.message} for e in (*failed, *result.refused)]
+    out.errors = [{"id": e.value, "error": e.message} for e in (*failed, *unreadable, *result.refused)]
     return out
 
 
@@ -200,24 +242,34 @@ def build_structures(
     progress: Callable[[int], None] | None = None,
     part_rows: int = PART_ROWS,
     checkpoint: PartCheckpoint | None = None,
+    generated: pd.DataFrame | None = None,
 ) -> tuple[pa.Table, list[dict], dict[str, float]]:
-    """Stage 4 on ``rows`` (substitutions of surviving formulas) with ``workers`` processes.
+    """Stage 4 on ``rows`` (substitutions of surviving formulas) and the ``generated`` structures
+    (stage 5's accepted samples: :data:`GENERATED_COLUMNS`; see the module docstring) with
+    ``workers`` processes.
 
     Returns:
-        The ``structures.parquet`` table (one row per materialized structure, in row order:
-        :data:`COLUMNS`; ``cif`` and the arrays only for representatives), the per-row errors,
-        and the summed per-part timings (``materialize``, ``dedupe``; CPU seconds over workers).
-        With a ``checkpoint``, parts found there are not recomputed and finished parts are saved
-        as they complete (the split into parts is a function of ``rows`` and ``part_rows``).
+        The ``structures.parquet`` table (one row per structure, the substitutions in row order,
+        then the generated ones in theirs: :data:`COLUMNS`; ``cif`` and the arrays only for
+        representatives), the per-row errors, and the summed per-part timings (``materialize``,
+        ``dedupe``; CPU seconds over workers). With a ``checkpoint``, parts found there are not
+        recomputed and finished parts are saved as they complete (the split into parts is a
+        function of ``rows``, ``generated`` and ``part_rows``).
     """
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     rows = rows.reset_index(drop=True)
-    parts = split_by_formula(rows, part_rows)
+    if generated is None:
+        generated = pd.DataFrame({name: pd.Series([], dtype=object) for name in GENERATED_COLUMNS})
+    generated = generated.loc[:, list(GENERATED_COLUMNS)].reset_index(drop=True)
+    n_rows = len(rows)
+    formulas = pd.DataFrame({"formula": [*rows["formula"].astype(str), *generated["formula"].astype(str)]})
+    parts = split_by_formula(formulas, part_rows)  # positions >= n_rows are generated rows
     used = {str(p) for p in rows["prototype_id"].astype(str).unique()} if len(rows) else set()
     needed = {k: v for k, v in prototypes.items() if k in used}
     found = {k: checkpoint.load(k) for k in range(len(parts))} if checkpoint is not None else {}
     finished: dict[int, PartResult] = {k: part_from_table(t) for k, t in found.items() if t is not None}
-    tasks = {k: (positions, rows.iloc[positions], materialize_config, dedupe_config)
+    tasks = {k: (positions, rows.iloc[positions[positions < n_rows]], materialize_config, dedupe_config,
+                 generated.iloc[positions[positions >= n_rows] - n_rows] if (positions >= n_rows).any() else None)
              for k, positions in enumerate(parts) if k not in finished}
     done = sum(part.n_rows for part in finished.values())
     if progress is not None:
@@ -234,8 +286,8 @@ def build_structures(
 
     if workers == 1 or len(tasks) <= 1:
         cache = PrototypeCache()
-        for k, (positions, part, mc, dc) in tasks.items():
-            keep(k, build_part(needed, positions, part, mc, dc, cache))
+        for k, (positions, part, mc, dc, extra) in tasks.items():
+            keep(k, build_part(needed, positions, part, mc, dc, cache, extra))
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_init_worker,
                                  initargs=(needed,), mp_context=_worker_context()) as pool:
