@@ -1,25 +1,31 @@
 """Stage 5 of the funnel: generate candidate crystal structures for shortlisted compositions.
 
-:func:`generate_structures` is the pure stage function (the CLI calls it; gRPC/Argo wiring is not
-written yet). The model is passed in: :func:`load_generator` reads the shipped weights
-(``torch.load(weights_only=True)``) and model card from ``htvs/models/generator``.
+:func:`generate_structures` is the pure stage function (``htvs generate`` and the campaign's
+``generate`` step, :func:`htvs.campaign.stages.run_generate`, call it). The model is passed in:
+:func:`load_generator` reads the shipped weights (``torch.load(weights_only=True)``) and model
+card from ``htvs/models/generator``.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from htvs.errors import InvalidInput, RowError
+from htvs.errors import InvalidInput, RowError, shown
+from htvs.ranges import Range
 from htvs.generation.diffusion import DiffusionSchedule
 from htvs.generation.model import CSPDenoiser, DenoiserConfig
 from htvs.model_cards import CARD_NAME, read_model_card, sha256_of
 
 WEIGHTS = "weights.pt"
+#: Largest sampler seed (torch takes 64-bit seeds; this one is exact as a float, so that the
+#: range check is exact too).
+MAX_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -29,8 +35,14 @@ class GenerationConfig:
     Attributes:
         n_samples: candidate structures per formula, 1..max_samples.
         max_atoms: largest cell generated (atoms); larger formulas are refused.
-        seed: sampler seed (same inputs and seed -> same structures).
-        step_lr: Langevin corrector step scale.
+        max_samples: largest ``n_samples`` accepted.
+        seed: sampler seed, 0..:data:`MAX_SEED` (same inputs and seed -> same structures).
+        step_lr: Langevin corrector step scale, 0..1 (0: predictor only).
+        threads: torch intra-op threads.
+
+    Raises:
+        InvalidInput: a setting out of its range; the message names it, its value and the range
+            (e.g. ``n_samples must be an integer between 1 and 100, got 101``).
     """
 
     n_samples: int = 1
@@ -41,14 +53,16 @@ class GenerationConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_samples, bool) or self.max_samples < 1:
-            raise InvalidInput(f"max_samples must be >= 1, got {self.max_samples}")
-        if isinstance(self.n_samples, bool) or not 1 <= self.n_samples <= self.max_samples:
-            raise InvalidInput(f"n_samples must be between 1 and {self.max_samples}, got {self.n_samples}")
-        if self.max_atoms < 1:
-            raise InvalidInput(f"max_atoms must be >= 1, got {self.max_atoms}")
-        if not self.step_lr >= 0:
-            raise InvalidInput(f"step_lr must be >= 0, got {self.step_lr}")
+        Range(1, 1_000_000, integer=True).check("max_samples", self.max_samples)
+        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, numbers.Integral) or not (
+            1 <= self.n_samples <= self.max_samples
+        ):
+            raise InvalidInput(f"n_samples must be an integer between 1 and {self.max_samples}, "
+                               f"got {shown(self.n_samples)}")
+        Range(1, 1_000_000, integer=True).check("max_atoms", self.max_atoms)
+        Range(0, MAX_SEED, integer=True).check("seed", self.seed)
+        Range(0.0, 1.0).check("step_lr", self.step_lr)
+        Range(1, 1024, integer=True).check("threads", self.threads)
 
 
 @dataclass(frozen=True)
@@ -161,12 +175,21 @@ def _composition_atoms(formula: str, generator: Generator, config: GenerationCon
         if abs(amount - round(amount)) > 1e-6:
             raise InvalidInput(f"formula {formula!r} has a non-integer amount of {element}: {amount}")
         if element.Z not in generator.elements:
-            raise InvalidInput(f"element {element.symbol} of {formula!r} has no trained embedding in the "
-                               f"generator (trained elements: perov_5's {len(generator.elements)})")
+            raise InvalidInput(f"element {element.symbol} of {formula!r} has no trained embedding in the generator, "
+                               f"which knows {len(generator.elements)} elements: {known_symbols(generator)}")
         atoms += [element.Z] * int(round(amount))
     if len(atoms) > config.max_atoms:
-        raise InvalidInput(f"formula {formula!r} has {len(atoms)} atoms, more than max_atoms={config.max_atoms}")
+        raise InvalidInput(f"formula {formula!r} has {len(atoms)} atoms in its cell, more than the limit "
+                           f"max_atoms={config.max_atoms}")
     return atoms
+
+
+def known_symbols(generator: Generator) -> str:
+    """The symbols of the elements ``generator`` has trained embeddings for, by atomic number
+    (``"Li, Be, B, ..."``)."""
+    from pymatgen.core import Element
+
+    return ", ".join(Element.from_Z(z).symbol for z in sorted(generator.elements))
 
 
 def generate_structures(
