@@ -38,7 +38,7 @@ from htvs.formula import MAX_FORMULA_CHARS
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import composition_pb2 as pb
 from htvs.grpc.gen import composition_pb2_grpc as pb_grpc
-from htvs.grpc.server import check_batch, report_rows
+from htvs.grpc.server import check_batch, report_rows, stop_if_caller_gone
 from htvs.grpc.store_io import stored_batch
 from htvs.screening import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, CompositionScreenConfig, screen_compositions
 from htvs.thermo import HullResult, ReferenceHull, WindowResult, e_above_hull_many, electrochemical_windows
@@ -97,21 +97,6 @@ def _echoed(given: pb.Prediction) -> pb.Prediction:
     if out.HasField("error"):
         out.error.CopyFrom(_row_error(out.error.index, out.error.value, out.error.message, out.error.kind))
     return out
-
-
-def stop_if_caller_gone(context) -> None:
-    """End the call when nobody waits for its answer, between chunks of a long batch.
-
-    Aborts with DEADLINE_EXCEEDED when the call's deadline has passed and with CANCELLED when the
-    caller has gone (cancelled, disconnected); otherwise returns at once (a few microseconds).
-    """
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        context.abort(
-            grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed; the rest of the batch was not computed"
-        )
-    if not context.is_active():
-        context.abort(grpc.StatusCode.CANCELLED, "the caller has gone; the rest of the batch was not computed")
 
 
 def screen_config_from_proto(message: pb.ScreenThresholds) -> CompositionScreenConfig:

@@ -1,8 +1,9 @@
 """``serve(name, port, ...)``: load a service's resources once, serve until SIGTERM/SIGINT.
 
 Used by ``htvs serve NAME``. Heavy resources (prototype sets, the reference hull, the ONNX
-ensembles, the conductivity GNN ensemble) are loaded before the server starts; a missing model
-fails the start with a clear message instead of a server that cannot answer.
+ensembles, the conductivity GNN ensemble, the structure generator) are loaded before the server
+starts; a missing model fails the start with a clear message instead of a server that cannot
+answer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from htvs.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WORKERS, Htv
 logger = logging.getLogger(__name__)
 
 #: Services ``serve`` can start now.
-AVAILABLE_SERVICES = ("substitution", "composition", "structure", "conductivity", "dft")
+AVAILABLE_SERVICES = ("substitution", "composition", "structure", "generator", "conductivity", "dft")
 #: Services of the funnel that are not served yet.
 PLANNED_SERVICES: tuple[str, ...] = ()
 #: Seconds calls in flight may still run after SIGTERM.
@@ -48,12 +49,16 @@ def build_servicer(
     max_batch_rows: int | None = None,
     conductivity_models: Path | None = None,
     dft_workdir: Path | None = None,
+    generator_model: Path | None = None,
+    generator_threads: int | None = None,
+    generator_device: str | None = None,
 ) -> Servicer:
     """Load the resources of service ``name`` and return its servicer.
 
     Args:
-        name: ``"substitution"``, ``"composition"``, ``"structure"``, ``"conductivity"`` or
-            ``"dft"`` (stage 7 validation; the CHGNet backend).
+        name: ``"substitution"``, ``"composition"``, ``"structure"``, ``"generator"`` (stage 5,
+            the torch structure generator), ``"conductivity"`` or ``"dft"`` (stage 7 validation;
+            the CHGNet backend).
         prototype_sources: prototype sets the substitution and structure services serve by
             name (each a :func:`~htvs.prototypes.load_prototypes` spec: ``"bundled"``, ``"mp"``,
             a folder).
@@ -66,10 +71,16 @@ def build_servicer(
             (default: the shipped model).
         dft_workdir: where the validation service keeps its jobs' MD checkpoints (None: a
             temporary folder per job; with a folder, a job submitted again resumes).
+        generator_model, generator_threads, generator_device: the generator folder (with
+            ``model_card.json`` and ``weights.pt``), torch threads and device (``auto``, ``cpu``,
+            ``cuda``, ``cuda:N``); None: ``HTVS_GENERATOR_MODEL`` / ``_THREADS`` / ``_DEVICE``
+            (:class:`~htvs.grpc.generator_service.GeneratorSettings`), else the shipped model,
+            1 thread, ``auto`` (``cuda`` when torch sees a GPU, else ``cpu``).
 
     Raises:
-        InvalidInput: unknown or not yet available service.
-        ModelNotReady: a composition or conductivity model is missing.
+        InvalidInput: unknown or not yet available service, a bad generator setting.
+        ModelNotReady: a composition, conductivity or generator model is missing; a CUDA
+            generator device asked for where torch sees none.
     """
     check_service_name(name)
     if name == "substitution":
@@ -93,6 +104,22 @@ def build_servicer(
         ensemble = load_conductivity_ensemble(conductivity_models, threads=threads)
         limits = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}
         return ConductivityServicer(ensemble, **limits)
+    if name == "generator":
+        from htvs.grpc.generator_service import (
+            GeneratorSettings,
+            StructureGeneratorServicer,
+            load_for_serving,
+            resolve_device,
+        )
+
+        settings = GeneratorSettings.from_env()
+        device = resolve_device(generator_device if generator_device is not None else settings.device)
+        model = generator_model if generator_model is not None else settings.model
+        limits = {} if max_batch_rows is None else {"max_formulas": max_batch_rows}
+        return StructureGeneratorServicer(
+            load_for_serving(model, device), device=device, model_dir=model,
+            threads=generator_threads if generator_threads is not None else settings.threads, **limits,
+        )
     if name == "dft":
         from htvs.grpc.dft_runner_service import DFTRunnerServicer
         from htvs.thermo import ReferenceHull
@@ -137,6 +164,11 @@ def build_stage_servicer(
     elif name == "conductivity":
         backend = InProcessBackend(_conductivity=servicer.ensemble)
         served = {"conductivity.models": conductivity_models}
+    elif name == "generator":
+        from htvs.grpc.generator_service import stage_backend
+
+        backend = stage_backend(servicer)
+        served = {"generation.models": servicer.model_dir}
     root = open_store(store) if store else None
     return StageServicer(name, root, backend, served)
 

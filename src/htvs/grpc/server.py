@@ -135,6 +135,21 @@ def check_batch(request, n_rows: int, field: str, max_rows: int) -> None:
         )
 
 
+def stop_if_caller_gone(context) -> None:
+    """End the call when nobody waits for its answer, between chunks of a long batch.
+
+    Aborts with DEADLINE_EXCEEDED when the call's deadline has passed and with CANCELLED when the
+    caller has gone (cancelled, disconnected); otherwise returns at once (a few microseconds).
+    """
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed; the rest of the batch was not computed"
+        )
+    if not context.is_active():
+        context.abort(grpc.StatusCode.CANCELLED, "the caller has gone; the rest of the batch was not computed")
+
+
 def status_of(exc: BaseException) -> grpc.StatusCode | None:
     """The status code of a project error, or None for any other exception."""
     for cls, code in STATUS_OF:

@@ -109,7 +109,7 @@ def _merge(total: Message, part: Message, summed: tuple[str, ...]) -> None:
 
 
 def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Message], *, rowwise: bool = True,
-                 summed: tuple[str, ...] = ()):
+                 summed: tuple[str, ...] = (), chunk_request: Callable[[Message, int], None] | None = None):
     """Let a batch method take its rows from the store (see the module docstring).
 
     Args:
@@ -120,6 +120,9 @@ def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Messa
             integers), added up over the chunks; other fields keep the first chunk's value.
         rowwise: rows are independent, so a large table is processed in chunks of the servicer's
             ``max_batch_rows``; False: one call (the method's own limit applies).
+        chunk_request: called with each chunk's request and the table row it starts at, before
+            the method, to adjust options per chunk (e.g. a seed per chunk, so that chunks do not
+            repeat the first one's random numbers); None: every chunk has the request's options.
 
     The servicer needs ``store`` (the server's ArtifactStore or None) and ``service_name``.
     """
@@ -129,7 +132,8 @@ def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Messa
         def wrapper(self, request: Message, context: grpc.ServicerContext) -> Message:
             if not request.HasField("input"):
                 return method(self, request, context)
-            return _from_store(self, method, request, context, rows_field, outputs, response, rowwise, summed)
+            return _from_store(self, method, request, context, rows_field, outputs, response, rowwise, summed,
+                               chunk_request)
 
         return wrapper
 
@@ -137,7 +141,7 @@ def stored_batch(rows_field: str, outputs: tuple[str, ...], response: type[Messa
 
 
 def _from_store(servicer, method, request, context, rows_field: str, outputs: tuple[str, ...], response,
-                rowwise: bool, summed: tuple[str, ...]):
+                rowwise: bool, summed: tuple[str, ...], chunk_request: Callable[[Message, int], None] | None = None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -176,6 +180,8 @@ def _from_store(servicer, method, request, context, rows_field: str, outputs: tu
                 json_format.ParseDict({rows_field: rows[start: start + step_size]}, chunk, ignore_unknown_fields=True)
             except json_format.ParseError as exc:
                 raise InvalidInput(f"input {key!r}: rows from {start} do not fit {field.message_type.name if field.message_type else rows_field}: {exc}") from None
+            if chunk_request is not None:
+                chunk_request(chunk, start)
             answer = method(servicer, chunk, context)
             for output in outputs:
                 for row in getattr(answer, output):
