@@ -1,8 +1,8 @@
 """``htvs generate`` and ``htvs train generator*``: stage 5, crystal structure prediction (DiffCSP-style).
 
 Thin shells around :mod:`htvs.generation`; torch and the model load only when a command runs.
-The generator is trained on perov_5 *val* because the train split is not available here, and
-evaluated on perov_5 *test*.
+The generator is trained on the MP-20-like train part (or perov_5 *val*, perov_5's train split not
+being available here) and evaluated on the matching test part.
 """
 
 from __future__ import annotations
@@ -42,13 +42,16 @@ def train_generator(
         summary = run(out, config, log=lambda line: print(line, flush=True))
         print(f"generator: {summary['step']} steps, {summary['seconds']:.0f} s of training in {out}", flush=True)
         if eval_structures:
-            _evaluate(out, eval_structures, 0, threads)
+            _evaluate(out, eval_structures, 0, threads, data=data, samples=(1,))
 
 
-def _evaluate(run: Path, n_structures: int, seed: int, threads: int) -> dict:
+def _evaluate(run: Path, n_structures: int, seed: int, threads: int, data: str = "mp20",
+              samples: tuple[int, ...] | list[int] = (1, 20), li_structures: int = 100,
+              max_atoms_per_call: int = 2_000) -> dict:
     from htvs.generation.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, n_structures=n_structures, seed=seed, threads=threads,
+    metrics = evaluate_run(run, n_structures=n_structures, seed=seed, threads=threads, data=data, samples=samples,
+                           li_structures=li_structures, max_atoms_per_call=max_atoms_per_call,
                            log=lambda line: print(line, flush=True))
     print(json.dumps(metrics, indent=1), flush=True)
     return metrics
@@ -56,13 +59,21 @@ def _evaluate(run: Path, n_structures: int, seed: int, threads: int) -> dict:
 
 def evaluate_generator(
     run: Path = typer.Argument(..., help="Run directory of `htvs train generator`."),
-    n_structures: int = typer.Option(500, min=1, help="perov_5 test crystals (fixed-seed subset)."),
-    seed: int = typer.Option(0, help="Seed of the subset and of the samples."),
-    threads: int = typer.Option(1, min=1, help="torch intra-op threads."),
+    data: str = typer.Option("mp20", help="Test set: mp20 (bundled MP-20-like test part) or perov5 (perov_5 test)."),
+    n_structures: int = typer.Option(300, help="Test structures (fixed-seed subset)."),
+    samples: list[int] = typer.Option([1, 20], "--samples",
+                                      help="Samples per composition K, 1..100; repeat: --samples 1 --samples 20."),
+    li_structures: int = typer.Option(100, help="Separate sample of Li ternary/quaternary test structures "
+                                                "(0: those of the subset)."),
+    seed: int = typer.Option(0, help="Seed of the subsets, the samples and the baselines."),
+    threads: int = typer.Option(1, help="torch intra-op threads."),
+    max_atoms_per_call: int = typer.Option(2_000, help="Atoms per batched sampling call (bounds the memory)."),
 ) -> None:
-    """CSP match rate and normalized RMSE (1 sample per composition) of the run and of a random baseline."""
+    """CSP match rate and normalized RMSE (best of K samples per composition) of the run, of a random
+    baseline and of a template baseline, on the whole subset and on Li ternary/quaternary structures."""
     with _clear_errors():
-        _evaluate(run, n_structures, seed, threads)
+        _evaluate(run, n_structures, seed, threads, data=data, samples=samples, li_structures=li_structures,
+                  max_atoms_per_call=max_atoms_per_call)
 
 
 def export_generator(
