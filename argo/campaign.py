@@ -4,7 +4,8 @@ Both DAGs have one task per step of the stage graph (``htvs.campaign.graph.STAGE
 order, fan-out and resources come from there), every step reading and writing the same object
 store (``s3://bucket/prefix``)::
 
-    prototypes -> substitute -> shards -> predict (one task per shard, withParam) -> screen -> structures -> conductivity -> validate -> report
+    prototypes -> substitute -> shards -> predict (one task per shard, withParam) -> screen -> generate
+      -> structures -> conductivity -> validate -> report
 
 * ``execution: services`` (``campaign-services.yaml``, template ``htvs-campaign-services``): each
   task is a thin client on the light image, ``htvs campaign stage NAME --services ...``, that
@@ -12,8 +13,8 @@ store (``s3://bucket/prefix``)::
   names) to run it on the store (``htvs.v1.StageService``); only store keys travel. The GPUs and
   memory belong to the services' Deployments; the report runs in its task.
 * ``execution: in-process`` (``campaign.yaml``, template ``htvs-campaign``): each task runs its
-  stage in its own pod on the full image (``predict`` and ``validate`` on the GPU image), for
-  clusters without the services.
+  stage in its own pod on the full image (the stages whose resources ask for a GPU, ``predict``,
+  ``generate`` and ``validate``, on the GPU image), for clusters without the services.
 
 Common to both:
 
@@ -54,6 +55,11 @@ from hera.workflows import (
 
 from htvs.campaign.graph import STAGES, STAGES_BY_NAME
 
+#: The services of the stage graph, in stage order (the ``services`` parameter lists them all).
+SERVICE_NAMES = tuple(dict.fromkeys(stage.service for stage in STAGES if stage.service))
+#: The stages whose pods ask for GPUs when they run in process.
+GPU_STAGES = tuple(stage.name for stage in STAGES if stage.resources.gpus > 0)
+
 NAME = "htvs-campaign"
 #: execution -> (template name, rendered file name)
 EXECUTIONS = {"in-process": (NAME, "campaign.yaml"), "services": (f"{NAME}-services", "campaign-services.yaml")}
@@ -79,7 +85,7 @@ COMMON_PARAMETERS: dict[str, tuple[str | None, str]] = {
 }
 IN_PROCESS_PARAMETERS: dict[str, tuple[str | None, str]] = {
     "image": (f"ghcr.io/htvs/htvs:{IMAGE_TAG}", "CPU image with the htvs CLI and every stage."),
-    "gpu-image": (f"ghcr.io/htvs/htvs-gpu:{IMAGE_TAG}", "CUDA image for the GPU steps (predict, validate)."),
+    "gpu-image": (f"ghcr.io/htvs/htvs-gpu:{IMAGE_TAG}", f"CUDA image for the GPU steps ({', '.join(GPU_STAGES)})."),
     "gpus": ("1", "nvidia.com/gpu count per GPU step; 0 runs them on CPU."),
     "gpu-node-selector": ('{"nvidia.com/gpu.present": "true"}', "JSON object: nodeSelector of GPU steps."),
     "gpu-tolerations": (
@@ -90,8 +96,7 @@ IN_PROCESS_PARAMETERS: dict[str, tuple[str | None, str]] = {
 SERVICES_PARAMETERS: dict[str, tuple[str | None, str]] = {
     "image": (f"ghcr.io/htvs/htvs-light:{IMAGE_TAG}", "Light image with the htvs CLI (no torch): the thin clients."),
     "services": (
-        ",".join(f"{name}=htvs-{name}:50051" for name in ("substitution", "composition", "structure",
-                                                          "conductivity", "dft")),
+        ",".join(f"{name}=htvs-{name}:50051" for name in SERVICE_NAMES),
         "name=host:port of each service (htvs campaign stage --services); the chart sets its Service names.",
     ),
 }
@@ -115,7 +120,7 @@ def workflow_parameter(name: str) -> str:
     return "{{workflow.parameters.%s}}" % name
 
 
-# Strategic-merge patch for the predict pod: GPU limit and placement from JSON parameters.
+# Strategic-merge patch for a GPU step's pod: GPU limit and placement from JSON parameters.
 GPU_POD_SPEC_PATCH = (
     '{"nodeSelector": ' + workflow_parameter("gpu-node-selector") + ", "
     '"tolerations": ' + workflow_parameter("gpu-tolerations") + ", "
@@ -197,7 +202,7 @@ def build_template(execution: str = "in-process") -> WorkflowTemplate:
         else Parameter(name=name, value=default, description=description)
         for name, (default, description) in parameters_of(execution).items()
     ]
-    flow = "prototypes -> substitute -> predict (sharded) -> screen -> structures -> conductivity -> validate -> report"
+    flow = " -> ".join(f"{stage.name} (sharded)" if stage.sharded else stage.name for stage in STAGES)
     with WorkflowTemplate(
         name=EXECUTIONS[execution][0],
         labels={"app.kubernetes.io/name": "htvs", "app.kubernetes.io/component": "campaign"},

@@ -266,7 +266,7 @@ def test_default_install(rendered: dict[str, list[dict]]) -> None:
 
 def test_gpu_values_schedule_gpu_services(rendered: dict[str, list[dict]]) -> None:
     deployments = kinds(rendered["gpu"], "Deployment")
-    for component in ("composition", "conductivity"):
+    for component in ("composition", "conductivity", "generator"):
         spec = deployments[f"{FULLNAME}-{component}"]["spec"]["template"]["spec"]
         container = spec["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1, component
@@ -279,6 +279,35 @@ def test_gpu_values_schedule_gpu_services(rendered: dict[str, list[dict]]) -> No
     # the default install asks for no GPU anywhere but the workflow's predict step
     for name, spec in pod_specs(rendered["default"]):
         assert "nvidia.com/gpu" not in json.dumps(spec), name
+    # the generator samples where torch sees its GPU, with the torch threads of its values
+    generator = deployments[f"{FULLNAME}-generator"]["spec"]["template"]["spec"]["containers"][0]
+    assert generator["args"][:2] == ["serve", "generator"]
+    assert {"name": "HTVS_GENERATOR_THREADS", "value": "2"} in generator["env"]
+    assert f"{FULLNAME}-generator" not in kinds(rendered["gpu"], "HorizontalPodAutoscaler")  # a GPU per replica
+    assert deployments[f"{FULLNAME}-generator"]["spec"]["replicas"] == 1
+
+
+def test_generator_without_a_gpu(rendered: dict[str, list[dict]]) -> None:
+    """services.generator on CPU: the full image (torch), no GPU request or placement, its settings
+    in the environment; the campaign template calls it for the generate step."""
+    objects = rendered["generator-cpu"]
+    deployment = kinds(objects, "Deployment")[f"{FULLNAME}-generator"]
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == "ghcr.io/htvs/htvs:0.1.0"  # torch: neither the light nor the GPU image
+    assert "nvidia.com/gpu" not in json.dumps(spec) and "nodeSelector" not in spec and "tolerations" not in spec
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HTVS_GENERATOR_THREADS"] == "4" and env["HTVS_GENERATOR_DEVICE"] == "cpu"
+    assert env["HTVS_STORE"] == "s3://htvs"  # the store of the generate stage it hosts
+    assert container["resources"]["requests"]["cpu"] == "4"
+    assert f"{FULLNAME}-generator" in kinds(objects, "Service")
+    assert f"{FULLNAME}-generator" in kinds(objects, "PodDisruptionBudget")
+    (template,) = kinds(objects, "WorkflowTemplate").values()
+    parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
+    named = dict(item.split("=") for item in parameters["services"].split(","))
+    assert named["generator"] == f"{FULLNAME}-generator:50051"
+    steps = {t["name"]: t for t in template["spec"]["templates"]}
+    assert "--services" in steps["generate"]["container"]["args"]
 
 
 def test_external_minio_values(rendered: dict[str, list[dict]]) -> None:
