@@ -1,6 +1,7 @@
 """The light paths stay light: the four light services, the campaign runner and the CLI run on the
 core dependencies of ``pyproject.toml``; torch and the other heavy packages come only with an
-extra (``htvs[train]``, ``htvs[validate]``, ``htvs[mp]``, ``htvs[all]``).
+extra (``htvs[train]``, ``htvs[validate]``, ``htvs[mp]``, ``htvs[all]``), and so do the services
+that need them (dft: ``validate``; generator: torch, from ``train`` or ``validate``).
 
 The dev venv has every extra installed, so "not installed" cannot be observed here; instead a fresh
 interpreter builds each light servicer (and touches what their requests read first: the element
@@ -122,6 +123,31 @@ def test_light_paths_import_only_what_the_core_installs(imported: dict[str, list
         if not set(dists) & core:
             outside[module] = dists
     assert outside == {}, f"imported by a light path but not installed by the core: {outside}"
+
+
+def test_the_generator_service_needs_torch_which_its_extras_install() -> None:
+    """``htvs serve generator`` is not light: it samples with torch, which ``train`` and ``validate``
+    (hence ``all``) install, so the chart runs it on the full or the GPU image. Importing its
+    servicer module loads no torch (the light paths that name every service stay light); building
+    the servicer does."""
+    probe = textwrap.dedent(
+        """
+        import json, sys
+        import htvs.grpc.generator_service
+        imported = "torch" in sys.modules
+        from htvs.grpc.serve import build_servicer
+        build_servicer("generator", generator_device="cpu")
+        print(json.dumps([imported, "torch" in sys.modules]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [False, True]
+    assert "generator" not in LIGHT_SERVICES
+    for extra in ("train", "validate"):
+        assert "torch" in _closure(tuple(r.name for r in _requirements(extra))), extra
+    everything = Requirement(PYPROJECT["project"]["optional-dependencies"]["all"][0])
+    assert {"train", "validate"} <= everything.extras
 
 
 def test_core_does_not_pull_heavy_distributions() -> None:

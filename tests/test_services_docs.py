@@ -4,7 +4,7 @@ Every ```` ```python ```` block of a service's README is executed as written, ex
 documented address ``localhost:50051`` is replaced by the address of a server started here with
 :func:`htvs.grpc.serve.build_servicer` and ``build_stage_servicer`` (what ``htvs serve NAME
 --store DIR`` serves with its default resources: the shipped models, the bundled prototype set,
-CHGNet for dft; a fresh directory store, which the batch RPCs read their ``input`` from and
+the shipped generator on the device torch sees, CHGNet for dft; a fresh directory store, which the batch RPCs read their ``input`` from and
 write their ``output`` to) and :func:`htvs.grpc.server.create_server` on ``127.0.0.1:0``, and
 the documented store directory ``/srv/htvs-store`` is replaced by that server's store directory.
 A block passes when it runs without an exception and, where the README shows what it prints,
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.grpc, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_DIR = ROOT / "services"
 #: The services of ``htvs serve NAME``, each documented in services/<name>/README.md.
-NAMES = ("substitution", "composition", "structure", "conductivity", "dft")
+NAMES = ("substitution", "composition", "structure", "generator", "conductivity", "dft")
 #: The address the examples are written against.
 DOC_ADDRESS = "localhost:50051"
 #: The server's store directory the examples are written against (``htvs serve NAME --store``).
@@ -122,6 +122,7 @@ def test_readmes_name_every_rpc() -> None:
         composition_pb2,
         conductivity_pb2,
         dft_runner_pb2,
+        generator_pb2,
         stage_pb2,
         structure_pb2,
         substitution_pb2,
@@ -131,6 +132,7 @@ def test_readmes_name_every_rpc() -> None:
         "substitution": substitution_pb2.DESCRIPTOR.services_by_name["SubstitutionService"],
         "composition": composition_pb2.DESCRIPTOR.services_by_name["CompositionService"],
         "structure": structure_pb2.DESCRIPTOR.services_by_name["StructureService"],
+        "generator": generator_pb2.DESCRIPTOR.services_by_name["StructureGeneratorService"],
         "conductivity": conductivity_pb2.DESCRIPTOR.services_by_name["ConductivityService"],
         "dft": dft_runner_pb2.DESCRIPTOR.services_by_name["DFTRunnerService"],
     }
@@ -146,13 +148,14 @@ def test_readmes_name_every_rpc() -> None:
 
 def test_readmes_quote_the_servicers_limits() -> None:
     from htvs.conductivity.predict import ConductivityConfig
-    from htvs.grpc import composition_service, conductivity_service, dft_runner_service, server
+    from htvs.grpc import composition_service, conductivity_service, dft_runner_service, generator_service, server
     from htvs.grpc import structure_service, substitution_service
 
     quoted = {
         "substitution": (substitution_service.DEFAULT_MAX_PROTOTYPES, substitution_service.DEFAULT_MAX_RESULT_ROWS),
         "composition": (composition_service.DEFAULT_MAX_BATCH_ROWS,),
         "structure": (structure_service.DEFAULT_MAX_BATCH_ROWS,),
+        "generator": (generator_service.DEFAULT_MAX_FORMULAS, generator_service.DEFAULT_MAX_SAMPLES),
         "conductivity": (conductivity_service.DEFAULT_MAX_BATCH_ROWS, ConductivityConfig().max_atoms),
         "dft": (dft_runner_service.DEFAULT_MAX_QUEUE, dft_runner_service.DEFAULT_MAX_FINISHED),
     }
