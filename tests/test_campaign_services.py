@@ -28,7 +28,10 @@ TINY_MD = {"top_k": 1, "temperatures_k": [800, 1200], "heat_ps": 0.01, "equilibr
            "production_ps": 0.04, "smoothing": "none", "relax_max_steps": 3, "min_supercell_length_angstrom": 0}
 #: Files of a campaign's --out folder compared between the execution paths.
 TABLES = ("substitutions.parquet", "formulas.parquet", "prototypes.parquet", "predictions.parquet",
-          "screen.parquet", "structures.parquet", "conductivity.parquet", "validation.parquet")
+          "screen.parquet", "generated.parquet", "rejected.parquet", "structures.parquet", "conductivity.parquet",
+          "validation.parquet")
+#: Stage 5 on: the two best screened formulas, one sample each, on the generator service.
+TINY_GENERATION = {"enabled": True, "max_formulas": 2, "n_samples": 1, "batch_crystals": 4}
 TEXTS = ("funnel.json", "candidates.csv", "structure_candidates.csv")
 
 
@@ -60,13 +63,13 @@ def s3_root(moto_endpoint):
 
 @pytest.fixture(scope="module")
 def services(models, s3_root):
-    """The five services on loopback, each with its StageService on the S3 store; name -> address."""
+    """The six services on loopback, each with its StageService on the S3 store; name -> address."""
     from htvs.grpc.serve import build_servicer, build_stage_servicer
     from htvs.grpc.server import create_server
 
     resources = {"composition": {"e_form_models": models[0], "band_gap_models": models[1]}}
     servers, addresses = [], {}
-    for name in ("substitution", "composition", "structure", "conductivity", "dft"):
+    for name in ("substitution", "composition", "generator", "structure", "conductivity", "dft"):
         servicer = build_servicer(name, **resources.get(name, {}))
         server, port = create_server("127.0.0.1:0", servicer,
                                      build_stage_servicer(name, servicer, s3_root, **resources.get(name, {})))
@@ -101,10 +104,11 @@ def test_services_are_found_by_asking_them(services) -> None:
 
 
 @pytest.mark.slow
-def test_campaign_through_the_five_services_equals_in_process(tmp_path: Path, models, services, s3_root) -> None:
-    """Every table of the demo-shaped campaign (stage 7 included, on a demo-length MD protocol)
-    is the same in process and through the services, with the data in S3."""
+def test_campaign_through_the_six_services_equals_in_process(tmp_path: Path, models, services, s3_root) -> None:
+    """Every table of the demo-shaped campaign (stages 5 and 7 included, on a few samples and a
+    demo-length MD protocol) is the same in process and through the services, with the data in S3."""
     config = load_campaign(write_config(tmp_path / "c.yaml", models, conductivity={"min_p_superionic": 0.0},
+                                        generation=TINY_GENERATION,
                                         validation={**TINY_MD, "workdir": str(tmp_path / "md-local")}))
     local = run_campaign(config, open_store(tmp_path / "local-store"), tmp_path / "local")
     remote_config = config.model_copy(update={"validation": config.validation.model_copy(
@@ -187,7 +191,7 @@ def test_the_rendered_workflow_template_runs(tmp_path: Path, models, services, s
 
     (tmp_path / "config").mkdir()
     config_path = write_config(tmp_path / "config" / "campaign.yaml", models,
-                               conductivity={"min_p_superionic": 0.0})
+                               conductivity={"min_p_superionic": 0.0}, generation=TINY_GENERATION)
     config = load_campaign(config_path)
     local_store = open_store(tmp_path / "local-store")
     run_campaign(config, local_store, tmp_path / "local")
