@@ -211,23 +211,28 @@ def rows_of(formulas: list[str], results: list[GeneratedStructure | RowError],
     """
     rows: list[pb.GeneratedStructureRow] = []
     cursor = 0
+    def take() -> GeneratedStructure | RowError:
+        nonlocal cursor
+        if cursor >= len(results):
+            raise StageFailed(f"the stage gave {len(results)} rows for {len(formulas)} formulas x {n_samples} samples")
+        cursor += 1
+        return results[cursor - 1]
+
     for index, given in enumerate(formulas):
         formula = _cut(str(given).strip())
-        first = results[cursor]
+        first = take()
         if isinstance(first, RowError) and first.kind != "StageFailed":  # the formula was refused
             rows.append(pb.GeneratedStructureRow(formula=formula, error=_row_error(first)))
-            cursor += 1
             continue
         for sample in range(n_samples):
-            result = results[cursor]
-            cursor += 1
+            result = first if sample == 0 else take()
             if isinstance(result, RowError):
                 rows.append(pb.GeneratedStructureRow(formula=formula, sample=sample, error=_row_error(
                     dataclasses.replace(result, index=index))))
                 continue
             if result.sample != sample or not math.isfinite(result.volume_a3):
                 raise StageFailed(f"the stage's row {cursor - 1} ({result.formula!r} sample {result.sample}) "
-                                   f"is not sample {sample} of formula {index}")  # a stage contract broken
+                                  f"is not sample {sample} of formula {index}")  # a stage contract broken
             rows.append(pb.GeneratedStructureRow(formula=formula, sample=sample, cif=result.cif,
                                                  num_atoms=result.num_atoms, volume_a3=result.volume_a3))
     if cursor != len(results):
@@ -237,8 +242,8 @@ def rows_of(formulas: list[str], results: list[GeneratedStructure | RowError],
 
 def card_metrics(card: Mapping[str, Any]) -> tuple[str, list[pb.GeneratorMetrics]]:
     """(metrics task, metrics of the model and its baselines) from the card's ``metrics``
-    section: every entry with an ``n`` and at least one of valid_fraction/match_rate/rmse;
-    non-finite values are left unset."""
+    section: every entry with at least one of valid_fraction/match_rate/rmse (``n`` 0 where it
+    gives none); non-finite values are left unset."""
     metrics = card.get("metrics")
     if not isinstance(metrics, Mapping):
         return "", []
