@@ -467,3 +467,21 @@ def test_generate_on_a_gpu(formulas) -> None:
     assert reply.n_generated == 2
     for row in reply.rows:
         assert_generated(row, formulas["good"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--generator-device", "tpu"], "generator device 'tpu' is not one of"),
+        (["--generator-model", "/nonexistent/generator"], "no generator in /nonexistent/generator"),
+    ],
+)
+def test_cli_serve_generator_refuses_bad_settings_before_serving(args, message):
+    from typer.testing import CliRunner
+
+    from htvs.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "generator", "--port", "0", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output

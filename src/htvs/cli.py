@@ -458,7 +458,9 @@ def _read_prediction_table(path: Path):
 
 @app.command()
 def serve(
-    name: str = typer.Argument(..., help="Service: substitution, composition, structure, conductivity or dft."),
+    name: str = typer.Argument(
+        ..., help="Service: substitution, composition, structure, generator, conductivity or dft."
+    ),
     port: int = typer.Option(..., min=0, max=65535, help="gRPC port (0: a free port, printed on stdout)."),
     metrics_port: int | None = typer.Option(None, min=0, max=65535, help="Prometheus /metrics port (default: none)."),
     max_workers: int = typer.Option(8, min=1, max=1024, help="Worker threads handling calls."),
@@ -480,6 +482,17 @@ def serve(
     ),
     dft_workdir: Path | None = typer.Option(
         None, help="dft: folder for the jobs' MD checkpoints (a job submitted again resumes from it)."
+    ),
+    generator_model: Path | None = typer.Option(
+        None, help="generator: folder with weights.pt and model_card.json (default: $HTVS_GENERATOR_MODEL, "
+        "else the shipped model)."
+    ),
+    generator_threads: int | None = typer.Option(
+        None, min=1, max=256, help="generator: torch CPU threads (default: $HTVS_GENERATOR_THREADS, else 1)."
+    ),
+    generator_device: str | None = typer.Option(
+        None, help="generator: auto (cuda when torch sees a GPU), cpu, cuda or cuda:N "
+        "(default: $HTVS_GENERATOR_DEVICE, else auto)."
     ),
     store: str | None = typer.Option(
         None, help="Store of the campaign stages this service runs (htvs.v1.StageService): a directory or "
@@ -505,6 +518,9 @@ def serve(
         resources = {"conductivity_models": conductivity_models}
     elif name == "dft":
         resources = {"dft_workdir": dft_workdir}
+    elif name == "generator":
+        resources = {"generator_model": generator_model, "generator_threads": generator_threads,
+                     "generator_device": generator_device}
 
     def announce(server, bound: int) -> None:
         _emit_json({"service": server.service_names[0], "port": bound, "metrics_port": server.metrics_port})
