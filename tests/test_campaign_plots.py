@@ -34,6 +34,7 @@ def _campaign_folder(root: Path, conductivity: bool = True) -> Path:
             "log10_sigma_mean": rng.uniform(-9, -3, 30),
             "p_superionic": rng.uniform(0, 0.8, 30),
             "shortlisted": [True] * 5 + [False] * 25,
+            "origin": ["generated"] * 3 + ["substitution"] * 27,
         }).to_parquet(root / "conductivity.parquet")
         pd.DataFrame({"id": ["s0", "s1"], "error": [None, "relaxation failed"]}).to_parquet(root / "validation.parquet")
     return root

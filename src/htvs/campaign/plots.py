@@ -7,7 +7,8 @@ campaign run anywhere (copy the folder back from the cluster, or point at a loca
 * ``screening.png``: E_hull (eV/atom) against the oxidation limit phi_ox (V vs Li/Li+) of every
   screened formula (``screen.parquet``), survivors of the composition screen highlighted;
 * ``conductivity.png``: predicted log10 sigma(300 K) (S/cm) against P(sigma >= 1e-4 S/cm) of every
-  scored structure (``conductivity.parquet``), the shortlist highlighted, validated ones marked.
+  scored structure (``conductivity.parquet``), the shortlist highlighted, generated structures
+  (stage 5, ``origin`` "generated") and validated ones marked.
 
 A figure whose input is missing (a campaign stopped before that step) is skipped and reported.
 """
@@ -98,7 +99,8 @@ def plot_screening(frame, path: Path) -> Path:
 
 
 def plot_conductivity(frame, path: Path, validated: set[str] | None = None) -> Path:
-    """log10 sigma vs P(superionic) of the scored structures; shortlist and validated marked."""
+    """log10 sigma vs P(superionic) of the scored structures; shortlist, generated structures
+    (``origin`` "generated", when the column is there) and validated ones marked."""
     plt = _pyplot()
     frame = frame[frame["log10_sigma_mean"].notna() & frame["p_superionic"].notna()]
     if frame.empty:
@@ -112,6 +114,11 @@ def plot_conductivity(frame, path: Path, validated: set[str] | None = None) -> P
                label=f"scored ({int((~short).sum()):,})", rasterized=True)
     ax.scatter(frame.loc[short, "p_superionic"], frame.loc[short, "log10_sigma_mean"], s=9, c="#2471a3",
                label=f"shortlisted ({int(short.sum()):,})")
+    if "origin" in frame:
+        made = frame[frame["origin"] == "generated"]
+        if len(made):
+            ax.scatter(made["p_superionic"], made["log10_sigma_mean"], s=28, marker="^", facecolors="none",
+                       edgecolors="#27ae60", linewidths=1.0, label=f"generated ({len(made):,})")
     if validated:
         done = frame[frame["id"].isin(validated)]
         ax.scatter(done["p_superionic"], done["log10_sigma_mean"], s=60, facecolors="none", edgecolors="#c0392b",

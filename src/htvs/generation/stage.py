@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,13 +68,19 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class GeneratedStructure:
-    """One candidate: ``cif`` text of a P1 cell with the formula's atoms; volume in Å^3."""
+    """One candidate: ``cif`` text of a P1 cell with the formula's atoms; volume in Å^3.
+
+    ``structure`` is the sampled pymatgen Structure the CIF was written from (None when the row
+    was built from stored fields): checks that need the exact sample read it, since a CIF reader
+    merges atoms that nearly coincide.
+    """
 
     formula: str
     sample: int
     cif: str
     num_atoms: int
     volume_a3: float
+    structure: Any = field(default=None, repr=False, compare=False)
 
     def summary(self) -> str:
         return f"{self.num_atoms} atoms, V = {self.volume_a3:.2f} Å^3"
@@ -257,5 +264,5 @@ def generate_structures(
                                      "StageFailed"))
                 continue
             rows.append(GeneratedStructure(formula, sample, str(CifWriter(structure)), len(structure),
-                                           float(structure.volume)))
+                                           float(structure.volume), structure))
     return rows
