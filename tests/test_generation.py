@@ -174,3 +174,15 @@ def test_cli_generate_bad_input_exits_2_without_traceback(runner, args, message)
     assert message in " ".join(result.stderr.split())
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_training_device_is_checked_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from htvs.cli import app
+
+    result = CliRunner().invoke(app, ["train", "generator", "--out", str(tmp_path / "run"), "--device", "auto"])
+    assert result.exit_code == 2 and "--device auto is for serving" in result.output
+    result = CliRunner().invoke(app, ["train", "generator", "--out", str(tmp_path / "run"), "--device", "gpu0"])
+    assert result.exit_code == 2 and "'gpu0' is not one of" in result.output
+    assert not (tmp_path / "run").exists()

@@ -406,7 +406,8 @@ def test_serve_generator_starts_with_settings_from_the_environment(servicer, tmp
 
 def test_generator_settings(tmp_path, monkeypatch) -> None:
     from htvs.errors import InvalidInput, ModelNotReady
-    from htvs.grpc.generator_service import GeneratorSettings, resolve_device
+    from htvs.generation.device import resolve_device
+    from htvs.grpc.generator_service import GeneratorSettings
 
     monkeypatch.setenv("HTVS_GENERATOR_THREADS", "3")
     monkeypatch.setenv("HTVS_GENERATOR_DEVICE", "cpu")

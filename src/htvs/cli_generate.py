@@ -30,6 +30,8 @@ def train_generator(
     data: str = typer.Option("mp20", help="mp20: the bundled MP-20-like train part; perov5: perov_5 val."),
     hidden: int = typer.Option(128, min=8, help="Width of the denoiser (fixed at a run's first start)."),
     layers: int = typer.Option(4, min=1, help="Message-passing layers (fixed at a run's first start)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (noise is drawn on the CPU, so a run may "
+                               "change device when resumed)."),
 ) -> None:
     """Train the stage-5 generator (resumable, fixed seeds) on the MP-20-like set or on perov_5."""
     with _clear_errors():
@@ -38,11 +40,22 @@ def train_generator(
 
         config = TrainConfig(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                              threads=threads, time_budget_s=time_budget, checkpoint_every=checkpoint_every,
-                             data=data, model=DenoiserConfig(hidden=hidden, layers=layers))
+                             data=data, model=DenoiserConfig(hidden=hidden, layers=layers),
+                             device=_training_device(device))
         summary = run(out, config, log=lambda line: print(line, flush=True))
         print(f"generator: {summary['step']} steps, {summary['seconds']:.0f} s of training in {out}", flush=True)
         if eval_structures:
             _evaluate(out, eval_structures, 0, threads, data=data, samples=(1,))
+
+
+def _training_device(spec: str) -> str:
+    """``spec`` checked like the generator service's device (``auto`` is not taken for training)."""
+    from htvs.errors import InvalidInput
+    from htvs.generation.device import resolve_device
+
+    if spec.strip().lower() == "auto":
+        raise InvalidInput("--device auto is for serving; for training say cpu, cuda or cuda:N")
+    return resolve_device(spec)
 
 
 def _evaluate(run: Path, n_structures: int, seed: int, threads: int, data: str = "mp20",

@@ -36,6 +36,9 @@ class TrainConfig:
     Attributes:
         max_steps: stop after this many optimizer steps in total.
         time_budget_s: stop (after saving) once this many seconds ran in this invocation; 0 = none.
+        device: torch device of the model (``cpu``, ``cuda``, ``cuda:N``). Random numbers are
+            drawn on the CPU whatever the device, so a run may move between devices; resuming is
+            bit-identical on the device the run was interrupted on.
         checkpoint_every: steps between checkpoints.
         ema_decay: decay of the exponential moving average of the weights (used for sampling).
     """
@@ -56,6 +59,7 @@ class TrainConfig:
     sigma_begin: float = 0.005
     sigma_end: float = 0.5
     data: str = "perov5"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.data not in DATASETS:
@@ -108,8 +112,13 @@ def diffusion_loss(
     frac0 = batch["frac"]
     frac_t = torch.remainder(frac0 + sigma * torch.randn(frac0.shape, generator=generator), 1.0)
     target = wrapped_normal_score(frac_t, frac0, sigma) / schedule.sigma_norms[t][index].sqrt().unsqueeze(-1)
-    pred_lattice, pred_score = model(batch["atomic_numbers"], frac_t, lattice_t, num_atoms, t,
-                                     fully_connected_edges(num_atoms))
+    # the noise above is drawn on the CPU (same numbers on every device); the model runs on its own
+    device = next(model.parameters()).device
+    inputs = [x.to(device) for x in (batch["atomic_numbers"], frac_t.float(), lattice_t.float(), num_atoms, t,
+                                     *fully_connected_edges(num_atoms))]
+    with device:  # tensors the denoiser builds inside forward go to its device too
+        pred_lattice, pred_score = model(*inputs[:5], (inputs[5], inputs[6]))
+    eps_lattice, target = eps_lattice.to(device), target.to(device)
     loss_lattice = torch.mean((pred_lattice - eps_lattice) ** 2)
     loss_coord = torch.mean((pred_score - target) ** 2)
     loss = loss_lattice + loss_coord
@@ -156,12 +165,14 @@ def train_generator(
     if len(crystals) < config.batch_size:
         raise InvalidInput(f"batch size {config.batch_size} exceeds the {len(crystals)} training crystals")
     model, ema, optimizer, schedule = build(config)
+    model.to(config.device)
+    ema.to(config.device)
     step, elapsed_before = 0, 0.0
     if (run / CHECKPOINT).exists():
         saved_config = json.loads((run / CONFIG).read_text())
         if saved_config != config.run_dict():
             raise InvalidInput(f"{run} was started with other settings: {saved_config}")
-        state = torch.load(run / CHECKPOINT, weights_only=True)
+        state = torch.load(run / CHECKPOINT, weights_only=True, map_location=config.device)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -215,7 +226,7 @@ def load_run_model(run_dir: str | Path, use_ema: bool = True) -> tuple[CSPDenois
     if not (run / CHECKPOINT).exists():
         raise InvalidInput(f"{run} has no {CHECKPOINT}; train first with `htvs train generator --out {run}`")
     settings = json.loads((run / CONFIG).read_text())
-    state = torch.load(run / CHECKPOINT, weights_only=True)
+    state = torch.load(run / CHECKPOINT, weights_only=True, map_location="cpu")
     model = CSPDenoiser(DenoiserConfig(**settings["model"]))
     model.load_state_dict(state["ema" if use_ema else "model"])
     schedule = DiffusionSchedule(settings["timesteps"], settings["sigma_begin"], settings["sigma_end"])

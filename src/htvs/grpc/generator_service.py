@@ -15,7 +15,7 @@ Which errors are per row and which refuse the whole request:
 
 The generator is loaded once per server (:func:`load_for_serving`, called by
 :func:`htvs.grpc.serve.build_servicer`) and shared with the server's StageService. Where it
-samples: :func:`resolve_device` (``auto``: ``cuda`` when ``torch.cuda.is_available()``, else
+samples: :func:`htvs.generation.device.resolve_device` (``auto``: ``cuda`` when ``torch.cuda.is_available()``, else
 ``cpu``; or ``cpu``, ``cuda``, ``cuda:N`` as asked). On a GPU the denoiser runs there while the
 sampler keeps drawing its random numbers on the CPU (:func:`on_device`), so a seed gives the same
 noise on either device. One sampling runs at a time per server: torch's threads (``threads``)
@@ -38,7 +38,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +47,7 @@ import grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from htvs.errors import InvalidInput, ModelNotReady, RowError, StageFailed
+from htvs.errors import InvalidInput, RowError, StageFailed
 from htvs.grpc.gen import common_pb2
 from htvs.grpc.gen import generator_pb2 as pb
 from htvs.grpc.gen import generator_pb2_grpc as pb_grpc
@@ -66,7 +65,6 @@ DEFAULT_MAX_SAMPLES = 32
 MAX_ROW_TEXT_CHARS = 1024
 #: Seconds between two checks that a waiting caller is still there.
 _WAIT_POLL_S = 0.25
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]{1,3})?)$")
 _METRIC_FIELDS = ("valid_fraction", "match_rate", "rmse")
 
 
@@ -98,32 +96,6 @@ class GeneratorSettings(BaseSettings):
                 for e in exc.errors()
             )
             raise InvalidInput(f"bad generator setting: {problems}") from None
-
-
-def resolve_device(spec: str | None) -> str:
-    """The torch device to sample on: ``auto`` (or None/empty) is ``cuda`` when
-    ``torch.cuda.is_available()``, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` are taken as given.
-
-    Raises:
-        InvalidInput: a spec that is none of those (named).
-        ModelNotReady: ``cuda``/``cuda:N`` asked for, but torch sees no such GPU.
-    """
-    import torch
-
-    text = (spec or "auto").strip().lower()
-    if not _DEVICE.match(text):
-        raise InvalidInput(f"generator device {str(spec)[:40]!r} is not one of auto, cpu, cuda, cuda:N")
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
-        return text
-    if not torch.cuda.is_available():
-        raise ModelNotReady(f"generator device {text!r} was asked for, but torch {torch.__version__} sees no CUDA "
-                            f"device (built with CUDA {torch.version.cuda}); use auto or cpu")
-    index = int(text.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ModelNotReady(f"generator device {text!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
-    return text
 
 
 def on_device(model, device: str):
@@ -162,7 +134,7 @@ def on_device(model, device: str):
 
 def load_for_serving(model_dir: Path | None, device: str) -> Generator:
     """The generator of ``model_dir`` (None: the shipped one) ready to sample on ``device``
-    (a :func:`resolve_device` result).
+    (a :func:`htvs.generation.device.resolve_device` result).
 
     Raises:
         ModelNotReady: no model there, or weights that do not match the card.

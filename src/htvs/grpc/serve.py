@@ -109,8 +109,8 @@ def build_servicer(
             GeneratorSettings,
             StructureGeneratorServicer,
             load_for_serving,
-            resolve_device,
         )
+        from htvs.generation.device import resolve_device
 
         settings = GeneratorSettings.from_env()
         device = resolve_device(generator_device if generator_device is not None else settings.device)
