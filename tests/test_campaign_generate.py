@@ -12,7 +12,6 @@ import json
 import math
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,7 +28,8 @@ from htvs.formula import parse_composition
 from htvs.generation.sanity import SanityConfig, sanity_reason
 from htvs.generation.stage import GeneratedStructure
 from htvs.store import open_store
-from test_campaign import models, write_config  # noqa: F401 - the module's fixture and config writer
+from test_campaign import write_config
+from tiny_models import tiny_model_pair
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -72,12 +72,17 @@ class GridGenerator(InProcessBackend):
         return rows
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tiny_model_pair(tmp_path_factory.mktemp("models"))
+
+
 def generation(**settings) -> dict:
     return {"enabled": True, "max_formulas": 4, "n_samples": 3, **settings}
 
 
 @pytest.fixture(scope="module")
-def stub_run(tmp_path_factory, models):  # noqa: F811 - the fixture imported above
+def stub_run(tmp_path_factory, models):
     """A tiny campaign whose stage 5 is :class:`GridGenerator`; every structure shortlisted."""
     root = tmp_path_factory.mktemp("stub")
     path = write_config(root / "c.yaml", models, generation=generation(),
@@ -164,7 +169,7 @@ def test_a_rerun_is_a_cache_hit_and_a_refused_formula_does_not_stop_the_campaign
     assert funnel["superionic_shortlist"] > 0
 
 
-def test_batches_of_crystals_are_seeded_in_turn(tmp_path, models) -> None:  # noqa: F811
+def test_batches_of_crystals_are_seeded_in_turn(tmp_path, models) -> None:
     path = write_config(tmp_path / "c.yaml", models, generation=generation(batch_crystals=6, seed=11))
     backend = GridGenerator()
     manifest = run_step(open_store(tmp_path / "store"), load_campaign(path), "generate", backend=backend)["generate"]
@@ -172,7 +177,7 @@ def test_batches_of_crystals_are_seeded_in_turn(tmp_path, models) -> None:  # no
     assert manifest.row_counts["generated_accepted"] == 8
 
 
-def test_disabled_generation_writes_empty_outputs(tmp_path, models) -> None:  # noqa: F811
+def test_disabled_generation_writes_empty_outputs(tmp_path, models) -> None:
     config = load_campaign(write_config(tmp_path / "c.yaml", models))
     assert not config.generation.enabled
     store = open_store(tmp_path / "store")
@@ -185,7 +190,7 @@ def test_disabled_generation_writes_empty_outputs(tmp_path, models) -> None:  # 
         assert table.num_rows == 0 and table.schema.names == schema.names, key
 
 
-def test_cli_runs_the_generate_step(tmp_path, models) -> None:  # noqa: F811
+def test_cli_runs_the_generate_step(tmp_path, models) -> None:
     # max_atoms 1: the shipped model is loaded but every formula is refused (no sampling)
     path = write_config(tmp_path / "c.yaml", models, generation=generation(max_atoms=1, n_samples=1))
     result = CliRunner().invoke(app, ["campaign", "stage", "generate", "--config", str(path), "--store",
@@ -254,7 +259,7 @@ def test_stage_4_keeps_the_substituted_structure_when_a_generated_one_matches(pr
         ({"temperature": 3}, "unknown key 'generation.temperature'"),
     ],
 )
-def test_bad_generation_settings_are_refused_before_work(tmp_path, models, settings, message) -> None:  # noqa: F811
+def test_bad_generation_settings_are_refused_before_work(tmp_path, models, settings, message) -> None:
     path = write_config(tmp_path / "c.yaml", models, generation=generation(**settings))
     with pytest.raises(InvalidInput, match=re.escape(message)):
         load_campaign(path)
@@ -267,7 +272,7 @@ def shipped():
     return load_generator()
 
 
-def test_an_element_the_generator_does_not_know_is_a_rejection(tmp_path, models, shipped) -> None:  # noqa: F811
+def test_an_element_the_generator_does_not_know_is_a_rejection(tmp_path, models, shipped) -> None:
     from pymatgen.core import Element
 
     pool = ("Li", "S", "O", "F", "Cl", "P", "N", "Se")  # write_config's pool
@@ -286,7 +291,7 @@ def test_an_element_the_generator_does_not_know_is_a_rejection(tmp_path, models,
 
 
 @pytest.mark.slow
-def test_the_shipped_generator_in_the_campaign(tmp_path, models, shipped) -> None:  # noqa: F811
+def test_the_shipped_generator_in_the_campaign(tmp_path, models, shipped) -> None:
     """The real sampler on formulas of elements it knows: every sample accepted or rejected with
     a reason, accepted ones of the right composition and passing the filter again."""
     from pymatgen.core import Element

@@ -188,7 +188,7 @@ STAGES: tuple[Stage, ...] = (
           _CPU2, _screen, exported=("screen",)),
     Stage("generate", "stage 5: generated structures for the best screened formulas, sanity-filtered",
           ("screen",), {"generated": "generated.parquet", "rejected": "rejected.parquet"}, "generation",
-          ("generated_formulas", "generated_samples", "generated_accepted"), "generated_samples", "generator",
+          ("generated_formulas", "generated_samples", "generated_accepted"), "requested_samples", "generator",
           _GPU, _generate, reports_funnel=lambda config: config.generation.enabled,
           exported=("generated", "rejected")),
     Stage("structures", "stage 4: materialize the survivors' structures, add the generated ones, deduplicate",

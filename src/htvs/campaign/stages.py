@@ -285,10 +285,6 @@ def ranked_survivors(screen: pd.DataFrame) -> pd.DataFrame:
                                  kind="stable").reset_index(drop=True)
 
 
-#: What a generated structure is called in the later stages' ``origin`` column (the others:
-#: ``"substitution"``).
-GENERATED = "generated"
-SUBSTITUTION = "substitution"
 #: The screen's columns a generated structure carries (its formula's rank and values).
 _SCREEN_COLUMNS = ("e_above_hull", "phi_ox")
 #: ``generated.parquet``: the accepted samples (``prototype_id`` is always null: a generated
@@ -310,6 +306,7 @@ UNPHYSICAL = "Unphysical"
 
 def generated_id(formula: str, sample: int) -> str:
     """``"generated|<formula>|<sample>"``: never a substitution id (those start with a prototype id)."""
+    from htvs.structures.parallel import GENERATED
     from htvs.structures.records import ID_SEPARATOR
 
     return ID_SEPARATOR.join((GENERATED, formula, str(sample)))
@@ -363,7 +360,8 @@ def run_generate(
     per denoising loop (batch ``k`` seeded ``generation.seed + k``; a finished batch is kept in
     the store, so a killed stage resumes). Every sample passes the physical sanity filter
     (:mod:`htvs.generation.sanity`) or is rejected. ``progress(step, done, total)`` sees
-    ``generate`` in samples.
+    ``generate`` in samples asked for (``requested_samples``: formulas x ``n_samples``, refused
+    formulas included); ``generated_samples`` counts the samples drawn.
 
     Writes ``generated.parquet`` (:data:`GENERATED_SCHEMA`, ``origin`` "generated", null
     ``prototype_id``) and ``rejected.parquet`` (:data:`REJECTED_SCHEMA`: formulas the generator
@@ -371,6 +369,7 @@ def run_generate(
     ``generation.enabled`` false both are empty and nothing is loaded.
     """
     from htvs.campaign.config import sanity_config
+    from htvs.structures.parallel import GENERATED
 
     section = config.generation
     screen_key = output_key(screened, "screen", "screen")
@@ -426,7 +425,7 @@ def run_generate(
         drawn = len(accepted) + int(rejected["sample"].notna().sum())
         if progress is not None:
             progress("generate", total, total)
-        counts = {"generated_formulas": len(formulas), "generated_samples": drawn,
+        counts = {"generated_formulas": len(formulas), "requested_samples": total, "generated_samples": drawn,
                   "generated_accepted": len(accepted), "refused_formulas": int(rejected["sample"].isna().sum()),
                   "rejected_samples": int(rejected["sample"].notna().sum())}
         return [generated_key, rejected_key], counts, {"generate": time.perf_counter() - start}
@@ -536,7 +535,7 @@ def run_structures(
     """
     from htvs.settings import Settings
     from htvs.structures import DedupeConfig, MaterializeConfig, select_for_survivors
-    from htvs.structures.parallel import build_structures
+    from htvs.structures.parallel import GENERATED, SUBSTITUTION, build_structures
 
     section = config.structures
     keys = [
