@@ -245,6 +245,7 @@ def test_stage_7_validates_the_shortlist_with_chgnet(tmp_path: Path, models) -> 
     assert len(table) == 1 and funnel["validated"] + int(table["error"].notna().sum()) == 1
     scored = pd.read_parquet(tmp_path / "out" / "conductivity.parquet")
     assert table["id"].iloc[0] == scored["id"].iloc[0]  # the most probable superionic structure
+    assert table["origin"].iloc[0] == scored["origin"].iloc[0] == "substitution"  # generation is off
     documents = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert documents[0]["id"] == table["id"].iloc[0]
     if table["error"].isna().all():

@@ -299,7 +299,7 @@ def test_the_shipped_generator_in_the_campaign(tmp_path, models, shipped) -> Non
     pool = [s for s in ("Li", "S", "O", "F", "N", "Cl", "P", "Se") if Element(s).Z in shipped.elements]
     assert {"Li", "S"} <= set(pool)
     path = write_config(tmp_path / "c.yaml", models, substitution={"element_pool": pool},
-                        generation={"enabled": True, "max_formulas": 2, "n_samples": 2, "threads": 2})
+                        generation={"enabled": True, "max_formulas": 2, "n_samples": 2})
     config = load_campaign(path)
     store = open_store(tmp_path / "store")
     results = run_step(store, config, "structures")
