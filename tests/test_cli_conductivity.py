@@ -158,8 +158,8 @@ def test_structures_dedupe_finds_copies_and_refuses_bad_files(runner, files, tmp
 
 def test_serve_lists_the_services_and_refuses_an_unknown_one(runner: CliRunner) -> None:
     help_text = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).stdout
-    assert "structure, conductivity or dft" in help_text and "--conductivity-models" in help_text
-    assert "--dft-workdir" in help_text
+    assert "structure, generator, conductivity or dft" in help_text and "--conductivity-models" in help_text
+    assert "--dft-workdir" in help_text and "--generator-model" in help_text
     result = runner.invoke(app, ["serve", "diffcsp", "--port", "0"])
     assert result.exit_code == EXIT_BAD_INPUT
     assert "unknown service 'diffcsp'" in result.output
