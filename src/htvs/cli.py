@@ -49,6 +49,12 @@ def _register_subcommands() -> None:
     from htvs.cli_generate import register as register_generation
 
     register_generation(app, train_app)
+    from htvs.cli_synth import register as register_synth
+
+    register_synth(app, train_app)
+    from htvs.cli_relax import register as register_relax
+
+    register_relax(app)
 
 
 _SOURCE_HELP = (
