@@ -253,8 +253,13 @@ def train_synthesizability(
         "limits": [
             "a score of composition, not of a structure or a synthesis route",
             "elements without a matscholar200 embedding (Z > 103) cannot be scored",
-            "doped, fractional compositions are rare among the unlabeled (MP cells are ordered), so "
-            "fractional amounts push a score up",
+            "doped, fractional compositions occur among the positives (OBELiX) and never among the unlabeled "
+            "(MP cells are ordered), so the model may read a fractional amount as a sign of a reported compound",
+            "reported compounds that are in MP but in neither OBELiX nor expt_gap are unlabeled here, and may "
+            "score below 0.5 (see the examples: LiCoO2, LiFePO4, Li2S); a low score is weak evidence, a high "
+            "score means 'resembles the reported compositions'",
+            "the score is the bag's mean probability under balanced training, not a calibrated probability "
+            "of synthesis",
         ],
         "reproduce": f"htvs train synthesizability --out DIR --seed {seed} --rounds {rounds}",
     }
