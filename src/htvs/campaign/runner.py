@@ -91,8 +91,22 @@ def _report_finished(ctx: RunContext, name: str) -> None:
     ctx.progress(name, count, count)
 
 
+def _clscores(formulas) -> list[float | None]:
+    """The synthesizability score (CLscore-like, 0..1) of each formula; None where the model cannot
+    score it. Each distinct formula is scored once."""
+    from htvs.synth import clscore_column
+
+    formulas = [str(f) for f in formulas]
+    distinct = sorted(set(formulas))
+    score_of = dict(zip(distinct, clscore_column(distinct), strict=True))
+    return [score_of[f] for f in formulas]
+
+
 def write_report(store: ArtifactStore, config: CampaignConfig, results: Results) -> dict:
-    """The whole funnel and the candidate tables, under ``campaigns/<name>/report``."""
+    """The whole funnel and the candidate tables, under ``campaigns/<name>/report``.
+
+    Both tables get a ``clscore`` column: the synthesizability score of the row's composition
+    (:func:`htvs.synth.clscore`; empty where the model cannot score it)."""
     funnel = {
         key: results[s.name].row_counts[key]
         for s in STAGES
@@ -109,10 +123,12 @@ def write_report(store: ArtifactStore, config: CampaignConfig, results: Results)
         scored = store.get_table(output_key(results["conductivity"], "conductivity", "conductivity")).to_pandas()
         shortlist = scored[scored["shortlisted"]].drop(columns=["shortlisted", "error"])
         shortlist = shortlist.merge(candidates, on="formula", how="left")
+        shortlist["clscore"] = _clscores(shortlist["formula"])
         text = io.StringIO()
         shortlist.to_csv(text, index=False, float_format="%.6g")
         store.put_bytes(f"{prefix}/structure_candidates.csv", text.getvalue().encode())
     store.put_json(f"{prefix}/funnel.json", funnel)
+    candidates["clscore"] = _clscores(candidates["formula"])
     buffer = io.StringIO()
     candidates.to_csv(buffer, index=False, float_format="%.6g")
     store.put_bytes(f"{prefix}/candidates.csv", buffer.getvalue().encode())

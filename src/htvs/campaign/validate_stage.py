@@ -27,19 +27,28 @@ from htvs.errors import HTVSError
 from htvs.store import ArtifactStore, StageManifest, run_cached
 
 #: Columns of ``validation.parquet`` (units: eV/atom, V vs Li/Li+, eV, mS/cm; ``origin``: the
-#: structure's, ``substitution`` or ``generated``).
+#: structure's, ``substitution`` or ``generated``; ``clscore``: the composition's synthesizability
+#: score, 0..1, above 0.5 likely synthesizable, null when the model cannot score the formula).
 VALIDATION_COLUMNS = (
     "id", "formula", "origin", "p_superionic", "e_form", "e_above_hull", "phi_red", "phi_ox", "activation_energy_eV",
-    "sigma_300K_mS_cm", "sigma_300K_low_mS_cm", "sigma_300K_high_mS_cm", "stable", "error",
+    "sigma_300K_mS_cm", "sigma_300K_low_mS_cm", "sigma_300K_high_mS_cm", "stable", "clscore", "error",
 )  # fmt: skip
+
+
+def _clscore(formula: str) -> float | None:
+    """The synthesizability score of ``formula`` (None when the model cannot score it)."""
+    from htvs.synth import clscore_column
+
+    return clscore_column([formula])[0]
 
 
 def _row(candidate: pd.Series, result: dict | None, error: str | None, max_e_hull: float) -> dict:
     sigma = (result or {}).get("sigma_300K_mS_cm") or {}
     e_hull = (result or {}).get("e_above_hull")
+    formula = (result or {}).get("formula") or candidate["formula"]
     return {
         "id": candidate["id"],
-        "formula": (result or {}).get("formula") or candidate["formula"],
+        "formula": formula,
         "origin": candidate.get("origin"),
         "p_superionic": float(candidate["p_superionic"]),
         "e_form": (result or {}).get("e_form"),
@@ -51,6 +60,7 @@ def _row(candidate: pd.Series, result: dict | None, error: str | None, max_e_hul
         "sigma_300K_low_mS_cm": sigma.get("low"),
         "sigma_300K_high_mS_cm": sigma.get("high"),
         "stable": bool(e_hull is not None and e_hull <= max_e_hull),
+        "clscore": _clscore(formula),
         "error": error,
     }
 
