@@ -266,7 +266,7 @@ def test_the_stage_graph_is_the_one_definition(tmp_path: Path, models) -> None:
     assert FUNNEL_ORDER == (
         "prototypes", "substitutions", "unique_formulas", "predicted", "e_form_and_hull", "band_gap",
         "oxidation_window", "generated_formulas", "generated_samples", "generated_accepted", "structures",
-        "unique_structures", "scored_structures", "superionic_shortlist",
+        "unique_structures", "relaxed", "relaxed_stable", "scored_structures", "superionic_shortlist",
         "validated", "validated_stable",
     )  # fmt: skip
     config = load_campaign(write_config(tmp_path / "c.yaml", models))

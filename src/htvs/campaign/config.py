@@ -203,6 +203,38 @@ class ConductivitySection(_Section):
         }
 
 
+class RelaxSection(_Section):
+    """Between stages 4 and 6: CHGNet relaxation (cell + positions, batched FIRE; no MD) of every
+    unique structure, E_f and E_hull against the CHGNet energies of the competing MP phases (one
+    energy scale, :mod:`htvs.relax`), keeping structures with E_hull <= ``max_e_above_hull_ev_per_atom``
+    (eV/atom) and handing the relaxed ones to stage 6. Off (the paper's protocol): stage 4's
+    structures pass through unchanged. ``max_structures`` relaxes the first N unique structures
+    only (the others are passed on unrelaxed and recorded as such); ``max_atoms`` caps a cell (sites);
+    ``cache_dir`` holds the reference energies (null: ``~/.cache/htvs/chgnet-hull``)."""
+
+    enabled: bool = False
+    fmax_ev_per_angstrom: float = 0.05
+    max_steps: int = 300
+    batch_size: int = 8
+    max_e_above_hull_ev_per_atom: float = 0.1
+    max_atoms: int = 200
+    max_structures: int = 100_000
+    threads: int = 1
+    cache_dir: Path | None = None
+
+    @classmethod
+    def ranges(cls) -> dict[str, Range]:
+        return {
+            "fmax_ev_per_angstrom": Range(1e-3, 10.0, unit="eV/Å"),
+            "max_steps": Range(0, 100_000, integer=True),
+            "batch_size": Range(1, 1_000, integer=True),
+            "max_e_above_hull_ev_per_atom": Range(0.0, 10.0, unit="eV/atom"),
+            "max_atoms": Range(1, 2_000, integer=True),
+            "max_structures": Range(0, 100_000_000, integer=True),
+            "threads": Range(1, 256, integer=True),
+        }
+
+
 class ValidationSection(_Section):
     """Stage 7: physics validation of the ``top_k`` most probable superionic structures of the
     stage-6 shortlist (0 skips the stage). Lengths default to the paper's protocol; MD
@@ -257,6 +289,7 @@ class CampaignConfig(_Section):
     screening: ScreeningSection = ScreeningSection()
     generation: GenerationSection = GenerationSection()
     structures: StructuresSection = StructuresSection()
+    relax: RelaxSection = RelaxSection()
     conductivity: ConductivitySection = ConductivitySection()
     validation: ValidationSection = ValidationSection()
 

@@ -146,17 +146,25 @@ def _structures(ctx: RunContext) -> StageManifest:
                           ctx.progress)
 
 
+def _relax(ctx: RunContext) -> StageManifest:
+    from htvs.campaign.stages import run_relax
+
+    return run_relax(ctx.store, ctx.config, ctx.results["structures"], ctx.progress)
+
+
 def _conductivity(ctx: RunContext) -> StageManifest:
     from htvs.campaign.stages import run_conductivity
 
-    return run_conductivity(ctx.store, ctx.config, ctx.results["structures"], ctx.backend, ctx.progress)
+    # the relax stage's structures.parquet: relaxed and stable when relax is on, stage 4's otherwise
+    return run_conductivity(ctx.store, ctx.config, ctx.results["relax"], ctx.backend, ctx.progress)
 
 
 def _validate(ctx: RunContext) -> StageManifest:
     from htvs.campaign.validate_stage import run_validation
 
     r = ctx.results
-    return run_validation(ctx.store, ctx.config, r["structures"], r["conductivity"], ctx.progress)
+    # the relax stage's structures.parquet has stage 4's file name and columns
+    return run_validation(ctx.store, ctx.config, r["relax"], r["conductivity"], ctx.progress)
 
 
 def _report(ctx: RunContext) -> dict:
@@ -166,7 +174,7 @@ def _report(ctx: RunContext) -> dict:
 
 
 _CPU2 = Resources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi")
-#: A pod with one GPU (stages 5 and 7: the generator's denoiser, MD with the MLIP).
+#: A pod with one GPU (stages 5, relax and 7: the generator's denoiser, CHGNet relaxation, MD).
 _GPU = Resources(cpu_request="4", memory_request="8Gi", memory_limit="32Gi", gpus=1)
 
 #: The stages in run order (every stage after the stages it needs).
@@ -196,16 +204,21 @@ STAGES: tuple[Stage, ...] = (
                                                                 "errors": "errors.json"},
           "structures", ("structures", "unique_structures"), "structures", "structure", _CPU2, _structures,
           exported=("structures",)),
+    Stage("relax", "CHGNet relaxation + E_hull on the CHGNet hull of MP phases; keeps the stable, relaxed "
+          "structures (off: pass-through)", ("structures",), {"structures": "structures.parquet", "relax": "relax.parquet"},
+          "relax", ("relaxed", "relaxed_stable"), "relaxed", "dft", _GPU, _relax,
+          reports_funnel=lambda config: config.relax.enabled, exported=("relax",)),
     Stage("conductivity", "stage 6: conductivity model on every unique structure -> shortlist",
-          ("structures",), {"conductivity": "conductivity.parquet"}, "conductivity",
+          ("relax",), {"conductivity": "conductivity.parquet"}, "conductivity",
           ("scored_structures", "superionic_shortlist"), "scored_structures", "conductivity", _CPU2,
           _conductivity, exported=("conductivity",)),
     Stage("validate", "stage 7: relaxation, stability and MD of the shortlist's top_k",
-          ("structures", "conductivity"), {"validation": "validation.parquet", "documents": "validation.json"},
+          ("relax", "conductivity"), {"validation": "validation.parquet", "documents": "validation.json"},
           "validation", ("validated", "validated_stable"), "validated", "dft", _GPU, _validate,
           reports_funnel=lambda config: config.validation.top_k > 0, exported=("validation", "documents")),
     Stage("report", "funnel.json, candidates.csv and structure_candidates.csv",
-          ("prototypes", "substitute", "predict", "screen", "generate", "structures", "conductivity", "validate"), {},
+          ("prototypes", "substitute", "predict", "screen", "generate", "structures", "relax", "conductivity",
+           "validate"), {},
           None, (), None, None, Resources(), _report),
 )
 STAGES_BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}

@@ -586,7 +586,8 @@ def run_conductivity(
     store: ArtifactStore, config: CampaignConfig, structures: StageManifest, backend: StageBackend,
     progress=None,
 ) -> StageManifest:
-    """Stage 6: the GNN ensemble on every unique structure of stage 4.
+    """Stage 6: the GNN ensemble on every unique structure of the relax stage's ``structures.parquet``
+    (stage 4's structures when relax is off; the relaxed, stable ones when it is on).
 
     Writes ``conductivity.parquet``: ``id``, ``formula``, ``prototype_id``, ``origin``, ``log10_sigma_mean``,
     ``log10_sigma_std`` (log10 S/cm at 300 K), ``p_superionic`` (P(sigma >= 1e-4 S/cm)),
@@ -596,7 +597,7 @@ def run_conductivity(
     from htvs.conductivity.predict import ConductivityPrediction
 
     section = config.conductivity
-    key = output_key(structures, "structures", "structures")
+    key = output_key(structures, "relax", "structures")
     chunk, block = 256, 4096  # a block's scores are kept in the store: a killed stage resumes
 
     def score(rows: pd.DataFrame, done: int, total: int) -> pd.DataFrame:
@@ -651,3 +652,156 @@ def run_conductivity(
 
     return run_cached(store, "conductivity", section, [key], step,
                       model_versions=conductivity_model_version(config))
+
+
+#: Columns of ``relax.parquet`` (units: eV/atom, eV/Å; ``decomposition``: JSON
+#: ``[[formula, atomic fraction], ...]``; ``origin``: ``substitution`` or ``generated``).
+RELAX_COLUMNS = (
+    "id", "formula", "prototype_id", "origin", "relaxed_formula", "energy_per_atom_eV", "e_form", "e_above_hull",
+    "decomposition", "converged", "n_steps", "max_force_eV_per_A", "stable", "error",
+)  # fmt: skip
+#: Structures relaxed per stored part (a killed stage resumes from the finished parts).
+RELAX_PART = 64
+
+
+def relax_model_version(config: CampaignConfig) -> dict[str, str]:
+    """CHGNet version and weights hash: part of the relax stage's cache key when it is enabled."""
+    if not config.relax.enabled:
+        return {}
+    from htvs.relax.reference import model_key
+
+    return {"chgnet": model_key()}
+
+
+def _relax_part(rows: pd.DataFrame, model, hull, config: CampaignConfig) -> pa.Table:
+    """Relax ``rows`` (unique structures) together; one row per structure with its relaxed
+    structure's CIF and arrays (null when refused or failed)."""
+    from htvs.relax.batch import BatchRelaxConfig
+    from htvs.relax.pipeline import relax_and_assess
+    from htvs.structures.parallel import structure_arrays
+
+    section = config.relax
+    items = []
+    for row_id, item in _structure_items(rows):
+        if isinstance(item, str):
+            from htvs.errors import HTVSError
+            from htvs.prototypes.readers import parse_cif
+
+            try:
+                parsed = parse_cif(item, section.max_atoms)
+                item = parsed[0] if len(parsed) == 1 else f"{row_id}: the CIF holds {len(parsed)} structures"
+            except HTVSError as exc:
+                item = f"{row_id}: {exc}"
+        items.append((row_id, item))
+    settings = BatchRelaxConfig(fmax_ev_per_angstrom=section.fmax_ev_per_angstrom, max_steps=section.max_steps,
+                                batch_size=section.batch_size)
+    outcomes = relax_and_assess(items, model, hull, settings, max_atoms=section.max_atoms)
+    out: dict[str, list] = {name: [] for name in (*RELAX_COLUMNS, "cif", "lattice_matrix", "species", "frac_coords")}
+    for (_, row), outcome in zip(rows.iterrows(), outcomes):
+        st = outcome.stability
+        arrays = structure_arrays(outcome.structure) if outcome.structure is not None else (None, None, None)
+        values = {
+            "id": row["id"], "formula": row["formula"], "prototype_id": row["prototype_id"], "origin": row["origin"],
+            "relaxed_formula": st.formula if st else None,
+            "energy_per_atom_eV": st.energy_per_atom_ev if st else None,
+            "e_form": st.e_form_ev_per_atom if st else None, "e_above_hull": st.e_above_hull_ev_per_atom if st else None,
+            "decomposition": json.dumps([[f, x] for f, x in st.decomposition]) if st else None,
+            "converged": bool(outcome.converged), "n_steps": int(outcome.n_steps),
+            "max_force_eV_per_A": None if np.isnan(outcome.max_force_ev_per_angstrom)
+            else float(outcome.max_force_ev_per_angstrom),
+            "stable": bool(st is not None and st.e_above_hull_ev_per_atom <= section.max_e_above_hull_ev_per_atom),
+            "error": outcome.error,
+            "cif": outcome.structure.to(fmt="cif") if outcome.structure is not None else None,
+            "lattice_matrix": arrays[0], "species": arrays[1], "frac_coords": arrays[2],
+        }
+        for name, value in values.items():
+            out[name].append(value)
+    types = {"lattice_matrix": pa.list_(pa.float64()), "species": pa.list_(pa.string()),
+             "frac_coords": pa.list_(pa.float64()), "energy_per_atom_eV": pa.float64(), "e_form": pa.float64(),
+             "e_above_hull": pa.float64(), "max_force_eV_per_A": pa.float64(), "converged": pa.bool_(),
+             "stable": pa.bool_(), "n_steps": pa.int64()}
+    return pa.table({name: pa.array(values, type=types.get(name, pa.string())) for name, values in out.items()})
+
+
+def run_relax(
+    store: ArtifactStore, config: CampaignConfig, structures: StageManifest, progress=None,
+) -> StageManifest:
+    """Between stages 4 and 6: relax every unique structure with CHGNet and keep the stable ones.
+
+    Enabled (``relax.enabled``): the first ``relax.max_structures`` unique structures of stage 4
+    are relaxed (the others are passed on unrelaxed, recorded as such in ``relax.parquet``) (cell + positions, batched FIRE, :mod:`htvs.relax`), placed on the CHGNet hull of
+    their chemical system (E_f, E_hull, decomposition on one energy scale) and kept when
+    E_hull <= ``relax.max_e_above_hull_ev_per_atom``. A refused structure (disordered, Li-free,
+    over ``max_atoms``, an element outside the MP snapshot) or a failed relaxation (non-finite
+    energies, atoms collapsing closer than 0.5 Å) gets an error row; the others go on.
+
+    Writes ``structures.parquet`` — stage 4's columns, the kept structures with their RELAXED
+    CIF and arrays (duplicates of a kept structure follow it) — which stage 6 reads, and
+    ``relax.parquet`` (:data:`RELAX_COLUMNS`, one row per unique structure considered, with its
+    ``origin``). Disabled: stage 4's table passes through unchanged and ``relax.parquet`` is
+    empty. ``progress(step, done, total)`` sees ``relax`` in structures.
+    """
+    section = config.relax
+    key = output_key(structures, "structures", "structures")
+
+    def step(store: ArtifactStore, prefix: str):
+        start = time.perf_counter()
+        table = store.get_table(key)
+        table_key, relax_key = f"{prefix}/structures.parquet", f"{prefix}/relax.parquet"
+        if not section.enabled:
+            store.put_table(table_key, table)
+            store.put_table(relax_key, pa.Table.from_pandas(pd.DataFrame(columns=list(RELAX_COLUMNS)),
+                                                            preserve_index=False))
+            counts = {"relaxed": 0, "relaxed_stable": 0, "errors": 0, "passed_unrelaxed": 0}
+            return [table_key, relax_key], counts, {"relax": 0.0}
+        frame = table.to_pandas()
+        unique = frame[frame["duplicate_of"].isna() & frame["cif"].notna()].reset_index(drop=True)
+        chosen, skipped = unique.iloc[: section.max_structures], unique.iloc[section.max_structures:]
+        parts = StoredParts(store, f"{prefix}/parts")
+        tables = []
+        model = hull = None
+        if progress is not None:
+            progress("relax", 0, len(chosen))
+        for lo in range(0, len(chosen), RELAX_PART):
+            rows = chosen.iloc[lo: lo + RELAX_PART]
+            kept = parts.load(lo // RELAX_PART)
+            if kept is None or kept.num_rows != len(rows):
+                if model is None:
+                    import torch
+
+                    from htvs.relax.reference import ChgnetHull
+                    from htvs.validation.mlip import shared_chgnet
+
+                    torch.set_num_threads(section.threads)
+                    model = shared_chgnet("cpu")
+                    hull = ChgnetHull(model, section.cache_dir)
+                kept = _relax_part(rows, model, hull, config)
+                parts.save(lo // RELAX_PART, kept)
+            tables.append(kept)
+            if progress is not None:
+                progress("relax", min(lo + RELAX_PART, len(chosen)), len(chosen))
+        done = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(
+            columns=[*RELAX_COLUMNS, "cif", "lattice_matrix", "species", "frac_coords"])
+        report = done[list(RELAX_COLUMNS)]
+        if len(skipped):
+            extra = skipped[["id", "formula", "prototype_id", "origin"]].copy()
+            extra["converged"], extra["n_steps"], extra["stable"] = False, 0, False
+            extra["error"] = f"not relaxed: beyond relax.max_structures = {section.max_structures}; passed on as is"
+            report = pd.concat([report, extra], ignore_index=True)[list(RELAX_COLUMNS)]
+        store.put_table(relax_key, pa.Table.from_pandas(report, preserve_index=False))
+        stable = done[done["stable"].astype(bool)].set_index("id")
+        passed = set(stable.index) | set(skipped["id"])
+        keep = frame["id"].isin(passed) | frame["duplicate_of"].isin(passed)
+        out = frame[keep].reset_index(drop=True)
+        for column in ("cif", "lattice_matrix", "species", "frac_coords"):
+            if column in out.columns:
+                relaxed = stable[column].to_dict()  # the relaxed structure of a kept representative
+                out[column] = [relaxed[i] if i in relaxed else old for i, old in zip(out["id"], out[column])]
+        store.put_table(table_key, pa.Table.from_pandas(out, schema=table.schema, preserve_index=False))
+        parts.clear()
+        ok = done["error"].isna()
+        counts = {"relaxed": int(ok.sum()), "relaxed_stable": int((ok & done["stable"].astype(bool)).sum()),
+                  "errors": int((~ok).sum()), "passed_unrelaxed": len(skipped)}
+        return [table_key, relax_key], counts, {"relax": time.perf_counter() - start}
+
+    return run_cached(store, "relax", section, [key], step, model_versions=relax_model_version(config))
