@@ -137,7 +137,7 @@ def test_metadata_and_entrypoint(workflow_template: dict) -> None:
 def test_every_template_retries_with_exponential_backoff(workflow_template: dict) -> None:
     containers = [t for t in workflow_template["spec"]["templates"] if "container" in t]
     assert {t["name"] for t in containers} == {"prototypes", "substitute", "shards", "predict", "screen", "generate",
-                                               "structures", "conductivity", "validate", "report"}
+                                               "structures", "relax", "conductivity", "validate", "report"}
     for template in containers:
         retry = template.get("retryStrategy")
         assert retry, f"{template['name']} has no retryStrategy"
@@ -176,7 +176,7 @@ def substitute_defaults(text: str, workflow_template: dict, **overrides: str) ->
 
 
 @pytest.mark.parametrize("execution", ["in-process"], indirect=True)
-@pytest.mark.parametrize("step", ["predict", "generate", "validate"])
+@pytest.mark.parametrize("step", ["predict", "generate", "relax", "validate"])
 def test_gpu_steps_request_gpu_with_placement_from_parameters(workflow_template: dict, step: str) -> None:
     predict = templates_by_name(workflow_template)[step]
     assert predict["container"]["image"] == "{{workflow.parameters.gpu-image}}"
@@ -195,7 +195,7 @@ def test_gpu_steps_request_gpu_with_placement_from_parameters(workflow_template:
     assert cpu_patch["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "0"
     # no other step asks for a GPU
     for name, template in templates_by_name(workflow_template).items():
-        if name not in ("predict", "generate", "validate"):
+        if name not in ("predict", "generate", "relax", "validate"):
             assert "gpu" not in json.dumps(template), name
 
 
@@ -204,8 +204,8 @@ def test_dag_fans_out_predict_over_shards_and_fans_in(workflow_template: dict) -
     tasks = {task["name"]: task for task in dag["tasks"]}
     assert tasks["predict"]["withParam"] == "{{tasks.shards.outputs.result}}"
     assert tasks["predict"]["arguments"]["parameters"] == [{"name": "shard", "value": "{{item}}"}]
-    order = ["prototypes", "substitute", "shards", "predict", "screen", "generate", "structures", "conductivity",
-             "validate", "report"]
+    order = ["prototypes", "substitute", "shards", "predict", "screen", "generate", "structures", "relax",
+             "conductivity", "validate", "report"]
     assert "depends" not in tasks["prototypes"]
     for before, after in zip(order, order[1:]):
         assert tasks[after]["depends"] == before

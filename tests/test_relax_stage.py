@@ -149,3 +149,9 @@ def test_relax_stage_in_the_graph() -> None:
     assert STEP_NAMES.index("structures") < STEP_NAMES.index("relax") < STEP_NAMES.index("conductivity")
     assert STAGES_BY_NAME["conductivity"].needs == ("relax",)
     assert STAGES_BY_NAME["relax"].service == "dft"
+
+
+def test_the_dft_service_hosts_relax() -> None:
+    from htvs.grpc.stage_service import hosted_stages
+
+    assert {"relax", "validate"} <= set(hosted_stages("dft"))

@@ -1,5 +1,10 @@
 """``htvs.v1.DFTRunnerService``: stage 7 (validate) as jobs in a background worker pool.
 
+The server also hosts, through its ``htvs.v1.StageService``, the campaign stages whose service is
+``"dft"`` (:func:`htvs.grpc.stage_service.hosted_stages`): ``relax`` (CHGNet relaxation and
+E_hull on the CHGNet hull, :mod:`htvs.relax`) and ``validate``; both load CHGNet once per process
+(:func:`htvs.validation.mlip.shared_chgnet`).
+
 * Submit checks the CIF and the settings at once (INVALID_ARGUMENT naming the value), then
   queues the job; at most ``max_queue`` jobs may be queued or running (RESOURCE_EXHAUSTED).
 * Jobs run :func:`htvs.validation.validate_structure` on ``max_workers`` daemon worker threads
