@@ -9,7 +9,8 @@ percentile of |E_hull| (eV/atom) and the fractions within 0.03 / 0.05 / 0.1 eV/a
 
 Resumable: one JSON file per compound under ``--work`` (and the reference energies in
 ``--work/chgnet-hull``), so a killed run picks up where it stopped; ``--limit`` may grow between
-runs. ``--reference-sample N`` also relaxes N MP phases and reports static - relaxed energy per
+runs. The summary also has a stricter leave-one-out check (each compound against the other
+phases only, CHGNet vs MP decomposition energy). ``--reference-sample N`` also relaxes N MP phases and reports static - relaxed energy per
 atom (why the hull uses static energies of the MP structures).
 
     .venv/bin/python benchmarks/bench_relax_hull.py --limit 50 --work bench-out/relax-hull
@@ -56,6 +57,48 @@ def on_hull_li_compounds(records, max_atoms: int, seed: int) -> list:
             picked.append(record)
     random.Random(seed).shuffle(picked)
     return picked
+
+
+def _loo_e_hull(phases: list[tuple[str, float]], formula: str, energy_per_atom: float) -> float:
+    """Energy (eV/atom) of ``formula`` above the hull of ``phases`` (formula, eV/atom) without it."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    others = [PDEntry(Composition(f), e * Composition(f).num_atoms) for f, e in phases if f != formula]
+    diagram = PhaseDiagram(others)
+    comp = Composition(formula)
+    return float(diagram.get_e_above_hull(PDEntry(comp, energy_per_atom * comp.num_atoms), allow_negative=True))
+
+
+def leave_one_out(docs: list[dict], hull) -> dict:
+    """The stricter check: each compound against the hull of the OTHER phases of its system, on
+    the CHGNet scale and on the MP formation-energy scale (the snapshot's own E_f; elements at 0).
+    For an MP on-hull compound both are <= 0 (its decomposition energy); the CHGNet - MP
+    difference is the error of the CHGNet decomposition energy, eV/atom."""
+    from pymatgen.core import Composition
+
+    diffs, rows = [], []
+    for doc in docs:
+        formula = doc["formula_reduced"] if "formula_reduced" in doc else Composition(doc["formula"].replace(" ", "")).reduced_formula
+        elements = [e.symbol for e in Composition(formula).elements]
+        chgnet = [(p.formula, p.energy_per_atom_ev) for p in hull.phases(elements)]
+        mp: dict[str, float] = {e: 0.0 for e in elements}
+        for record in hull.index.within(frozenset(elements)):
+            name = Composition(record.formula_sum.replace(" ", "")).reduced_formula
+            if len(record.element_counts()) > 1:
+                mp[name] = min(mp.get(name, 0.0), record.formation_energy_per_atom)
+        try:
+            c = _loo_e_hull(chgnet, formula, doc["energy_per_atom_eV"])
+            m = _loo_e_hull(list(mp.items()), formula, mp[formula])
+        except Exception:  # noqa: BLE001 - a system with no other phases is skipped
+            continue
+        diffs.append(c - m)
+        rows.append({"formula": formula, "chgnet": c, "mp": m})
+    d = np.abs(np.array(diffs))
+    return {"n": len(d), "abs_error_eV_per_atom": {"median": float(np.median(d)) if len(d) else None,
+                                                    "mean": float(d.mean()) if len(d) else None,
+                                                    "p90": float(np.percentile(d, 90)) if len(d) else None},
+            "fraction_still_on_hull_chgnet": float(np.mean([r["chgnet"] <= 1e-6 for r in rows])) if rows else None}
 
 
 def main() -> None:
@@ -145,6 +188,7 @@ def main() -> None:
         summary["reference_static_minus_relaxed_eV_per_atom"] = {
             "n": int(len(diff)), "median": float(np.median(diff)), "mean": float(diff.mean()),
             "p90": float(np.percentile(diff, 90)), "max": float(diff.max())}
+    summary["leave_one_out"] = leave_one_out(ok, hull)
     write_json_atomic(summary, args.work / "summary.json")
     print(json.dumps(summary, indent=1))
 
