@@ -2,7 +2,8 @@
 
 The same structures (small MP Li compounds, lattice strained by ``--strain`` and positions
 perturbed by ``--perturb`` Å, fixed seed) are relaxed both ways in the same run, on one torch
-thread and one BLAS thread (both paths); reports relaxations/s of each, the ratio, and the largest |energy per atom difference|
+thread and one BLAS thread (both paths); reports relaxations/s of each, the ratio, and the
+largest |energy per atom difference|
 between the two paths (eV/atom) and step-count agreement.
 
     .venv/bin/python benchmarks/bench_relax_batched.py --n 16 --batch-size 16

@@ -10,7 +10,8 @@ percentile of |E_hull| (eV/atom) and the fractions within 0.03 / 0.05 / 0.1 eV/a
 Resumable: one JSON file per compound under ``--work`` (and the reference energies in
 ``--work/chgnet-hull``), so a killed run picks up where it stopped; ``--limit`` may grow between
 runs. The summary also has a stricter leave-one-out check (each compound against the other
-phases only, CHGNet vs MP decomposition energy). ``--reference-sample N`` also relaxes N MP phases and reports static - relaxed energy per
+phases only, CHGNet vs MP decomposition energy). ``--reference-sample N`` also relaxes N MP
+phases and reports static - relaxed energy per
 atom (why the hull uses static energies of the MP structures).
 
     .venv/bin/python benchmarks/bench_relax_hull.py --limit 50 --work bench-out/relax-hull

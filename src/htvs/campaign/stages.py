@@ -729,7 +729,8 @@ def run_relax(
     """Between stages 4 and 6: relax every unique structure with CHGNet and keep the stable ones.
 
     Enabled (``relax.enabled``): the first ``relax.max_structures`` unique structures of stage 4
-    are relaxed (the others are passed on unrelaxed, recorded as such in ``relax.parquet``) (cell + positions, batched FIRE, :mod:`htvs.relax`), placed on the CHGNet hull of
+    are relaxed (cell + positions, batched FIRE, :mod:`htvs.relax`; the others are passed on
+    unrelaxed, recorded as such in ``relax.parquet``), placed on the CHGNet hull of
     their chemical system (E_f, E_hull, decomposition on one energy scale) and kept when
     E_hull <= ``relax.max_e_above_hull_ev_per_atom``. A refused structure (disordered, Li-free,
     over ``max_atoms``, an element outside the MP snapshot) or a failed relaxation (non-finite
