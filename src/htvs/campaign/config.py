@@ -208,8 +208,8 @@ class RelaxSection(_Section):
     unique structure, E_f and E_hull against the CHGNet energies of the competing MP phases (one
     energy scale, :mod:`htvs.relax`), keeping structures with E_hull <= ``max_e_above_hull_ev_per_atom``
     (eV/atom) and handing the relaxed ones to stage 6. Off (the paper's protocol): stage 4's
-    structures pass through unchanged. ``max_structures`` relaxes the first N unique structures
-    only (the others are passed on unrelaxed and recorded as such); ``max_atoms`` caps a cell (sites);
+    structures pass through unchanged. ``max_structures`` relaxes the N unique structures with
+    the fewest sites only (the others are passed on unrelaxed and recorded as such); ``max_atoms`` caps a cell (sites);
     ``cache_dir`` holds the reference energies (null: ``~/.cache/htvs/chgnet-hull``)."""
 
     enabled: bool = False

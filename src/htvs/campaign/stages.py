@@ -728,9 +728,10 @@ def run_relax(
 ) -> StageManifest:
     """Between stages 4 and 6: relax every unique structure with CHGNet and keep the stable ones.
 
-    Enabled (``relax.enabled``): the first ``relax.max_structures`` unique structures of stage 4
-    are relaxed (cell + positions, batched FIRE, :mod:`htvs.relax`; the others are passed on
-    unrelaxed, recorded as such in ``relax.parquet``), placed on the CHGNet hull of
+    Enabled (``relax.enabled``): the ``relax.max_structures`` unique structures of stage 4 with
+    the fewest sites (all of them below the cap) are relaxed (cell + positions, batched FIRE,
+    :mod:`htvs.relax`; the others are passed on unrelaxed, recorded as such in
+    ``relax.parquet``), placed on the CHGNet hull of
     their chemical system (E_f, E_hull, decomposition on one energy scale) and kept when
     E_hull <= ``relax.max_e_above_hull_ev_per_atom``. A refused structure (disordered, Li-free,
     over ``max_atoms``, an element outside the MP snapshot) or a failed relaxation (non-finite
@@ -757,7 +758,11 @@ def run_relax(
             return [table_key, relax_key], counts, {"relax": 0.0}
         frame = table.to_pandas()
         unique = frame[frame["duplicate_of"].isna() & frame["cif"].notna()].reset_index(drop=True)
-        chosen, skipped = unique.iloc[: section.max_structures], unique.iloc[section.max_structures:]
+        # under a cap, the cheapest first: the structures with the fewest sites (ties: stage-4 order)
+        sites = [len(x) if x is not None else np.inf for x in unique.get("species", pd.Series([None] * len(unique)))]
+        order = np.argsort(np.asarray(sites, dtype=float), kind="stable")
+        chosen = unique.iloc[np.sort(order[: section.max_structures])].reset_index(drop=True)
+        skipped = unique.iloc[np.sort(order[section.max_structures:])].reset_index(drop=True)
         parts = StoredParts(store, f"{prefix}/parts")
         tables = []
         model = hull = None
