@@ -14,7 +14,14 @@ phases only, CHGNet vs MP decomposition energy). ``--reference-sample N`` also r
 phases and reports static - relaxed energy per
 atom (why the hull uses static energies of the MP structures).
 
-    .venv/bin/python benchmarks/bench_relax_hull.py --limit 50 --work bench-out/relax-hull
+    .venv/bin/python benchmarks/bench_relax_hull.py --limit 50 --work .benchmarks/relax-hull
+
+Measured (2026-11-30, 2-core CPU shared with other jobs, one torch thread; 772 candidates with
+<= 24 sites, first 50 of seed 0): |E_hull| median 0.26 meV/atom, mean 1.6, 90th percentile 5.2
+meV/atom, 100 % within 0.03 eV/atom, all 50 converged; leave-one-out decomposition energy,
+CHGNet vs MP: |error| median 14 meV/atom, mean 21, p90 51; 90 % stay on the CHGNet hull.
+~5.5 s per compound to relax (batch 4) and ~35 s per new chemical system to compute its
+reference phases' energies (cached).
 """
 
 from __future__ import annotations
