@@ -155,3 +155,19 @@ def test_cli_relaxes_good_files_and_reports_bad_ones(tmp_path, monkeypatch):
     assert "bad.cif" in second["error"]
     result = CliRunner().invoke(app, ["relax", str(bad), "--cache", str(cache)])
     assert result.exit_code == 2
+
+
+def test_reference_energies_are_read_back_from_the_cache(hull) -> None:
+    from htvs.relax.reference import ChgnetHull
+
+    class NoModel:
+        def predict_structure(self, *args, **kwargs):
+            raise AssertionError("the cached chemical system must not call the model")
+
+    hull.phases(["Li", "Cl"])  # computed (or already cached) by the shared fixture
+    again = ChgnetHull(NoModel(), cache_dir=hull.cache_root, records=hull._records)
+    assert again.cache_dir == hull.cache_dir
+    assert [(p.formula, p.energy_per_atom_ev) for p in again.phases(["Cl", "Li"])] == [
+        (p.formula, p.energy_per_atom_ev) for p in hull.phases(["Li", "Cl"])]
+    other_mode = ChgnetHull(NoModel(), cache_dir=hull.cache_root, mode="relaxed")
+    assert other_mode.cache_dir != hull.cache_dir  # static and relaxed energies never mix
