@@ -140,6 +140,10 @@ def test_relax_section_is_checked() -> None:
         parse_campaign({"relax": {"max_steps": -1}})
     with pytest.raises(InvalidInput, match="relax"):
         parse_campaign({"relax": {"nope": 1}})
+    from htvs.campaign.config import resolve_paths
+
+    resolved = resolve_paths(parse_campaign({"relax": {"cache_dir": "hull-cache"}}), Path("/campaigns"))
+    assert resolved.relax.cache_dir == Path("/campaigns/hull-cache")
 
 
 def test_relax_stage_in_the_graph() -> None:

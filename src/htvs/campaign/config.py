@@ -654,8 +654,8 @@ def load_campaign(path: str | Path) -> CampaignConfig:
 
 
 def resolve_paths(config: CampaignConfig, base: Path) -> CampaignConfig:
-    """Make the model folders (composition, conductivity, generation) and a folder prototype source
-    absolute (relative to ``base``)."""
+    """Make the model folders (composition, conductivity, generation), a folder prototype source
+    and the relax stage's reference-energy cache absolute (relative to ``base``)."""
     composition = config.composition.model_copy(
         update={
             key: (base / value if value is not None and not value.is_absolute() else value)
@@ -675,6 +675,9 @@ def resolve_paths(config: CampaignConfig, base: Path) -> CampaignConfig:
             update={"models": base / models if models is not None and not models.is_absolute() else models}
         )
 
-    return config.model_copy(update={"composition": composition, "prototypes": prototypes,
+    cache = config.relax.cache_dir
+    relax = config.relax.model_copy(
+        update={"cache_dir": base / cache if cache is not None and not cache.expanduser().is_absolute() else cache})
+    return config.model_copy(update={"composition": composition, "prototypes": prototypes, "relax": relax,
                                      "conductivity": absolute(config.conductivity),
                                      "generation": absolute(config.generation)})
