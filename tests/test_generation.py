@@ -129,15 +129,19 @@ def test_shipped_generator_makes_valid_structures_for_a_perov5_test_formula(ship
     again = generate_structures([formula], shipped, GenerationConfig(n_samples=2, seed=3))
     assert [r.cif for r in again] == [r.cif for r in rows]  # fixed seed, same structures
     card = shipped.card
-    assert "val" in card["split"] and card["steps"] > 0 and card["sha256"]
+    assert card["split"] and card["data"] and card["steps"] > 0 and card["sha256"]
 
 
 def test_stage_reports_bad_formulas_and_keeps_the_good_ones(shipped):
-    rows = generate_structures(["SrTiO3", "Li3PS4", "Xq2", "Sr5Ti5O15"], shipped, GenerationConfig(max_atoms=20))
+    from pymatgen.core import Element
+
+    unknown = next(Element.from_Z(z).symbol for z in range(1, 95) if z not in shipped.elements)
+    odd = f"Li3{unknown}S4"
+    rows = generate_structures(["SrTiO3", odd, "Xq2", "Sr5Ti5O15"], shipped, GenerationConfig(max_atoms=20))
     assert not isinstance(rows[0], RowError)
     assert [(r.index, r.value, r.kind) for r in rows[1:]] == [
-        (1, "Li3PS4", "InvalidInput"), (2, "Xq2", "InvalidInput"), (3, "Sr5Ti5O15", "InvalidInput")]
-    assert "P" in rows[1].message and "embedding" in rows[1].message
+        (1, odd, "InvalidInput"), (2, "Xq2", "InvalidInput"), (3, "Sr5Ti5O15", "InvalidInput")]
+    assert f"element {unknown}" in rows[1].message and "embedding" in rows[1].message
     assert "Xq2" in rows[2].message
     assert "max_atoms=20" in rows[3].message and "25 atoms" in rows[3].message
     with pytest.raises(ValueError, match="n_samples"):
@@ -162,7 +166,7 @@ def test_cli_generate_json_and_cif_files(runner, tmp_path):
     ("args", "message"),
     [
         (["generate", "Xq2"], "Xq2"),
-        (["generate", "Li3PS4"], "no trained embedding"),
+        (["generate", "Li3RnS4"], "element Rn of 'Li3RnS4' has no trained embedding"),
         (["generate", "Sr4Ti4O12", "--max-atoms", "10"], "max_atoms=10"),
         (["generate", "SrTiO3", "--n-samples", "0"], "n_samples"),
         (["generate", "SrTiO3", "--n-samples", "101"], "between 1 and 100"),
