@@ -151,8 +151,9 @@ class GenerationSection(_Section):
     (:mod:`htvs.generation.sanity`: shortest distance, periodic images included, under
     ``max(min_distance_fraction * (r_a + r_b), min_distance_angstrom)`` with bond radii r in Å,
     or volume per atom outside ``[min_volume_per_atom_a3, max_volume_per_atom_a3]`` Å^3/atom) are
-    rejected with their reason. Off by default (the paper had no stage 5): the stage then writes
-    empty tables."""
+    rejected with their reason. Off by default: the paper ran DiffCSP on a GPU for its shortlisted
+    formulas, and on a CPU a sample costs about 10 s per 18-atom cell (the generator service on a
+    GPU node is the way to run it at scale); off, the stage writes empty tables."""
 
     enabled: bool = False
     models: Path | None = None
