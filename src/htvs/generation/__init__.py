@@ -1,6 +1,7 @@
 """Stage 5: crystal structure generation at fixed composition (DiffCSP-style joint diffusion).
 
-Trained on perov_5 val (the train split is not available here), evaluated on perov_5 test.
+Trained on the bundled MP-20-like set (:mod:`htvs.generation.mp_data`; perov_5 remains as a
+regression benchmark) and evaluated on its test part against two baselines (:mod:`htvs.generation.evaluate`).
 Heavy modules (torch) are imported by the submodules, not here.
 """
 
