@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -62,20 +63,65 @@ def campaign_run(
         output_folder(out)  # an output folder that cannot be written is refused before the work
         client = _stage_client(services)
         store = open_store(store_url or (out / "store"), create_bucket=True)
+        started = time.time()
         try:
             with _step_progress(not as_json) as progress:
                 funnel = run_campaign(config, store, out, progress=progress, services=client)
         finally:
             if client is not None:
                 client.close()
+    report = _fresh_report(out, started)
     if as_json:
         _emit_json(funnel)
+        if report is not None:
+            _stderr().print(f"report: {report}", highlight=False)
         return
     table = Table("funnel step", "count", title=f"campaign {config.name!r}")
     for step, count in funnel.items():
         table.add_row(step, f"{count:,}")
     Console().print(table)
-    Console().print(f"tables, funnel.json and candidates.csv in {out}")
+    Console().print(f"tables, funnel.json and candidates.csv in {out}", highlight=False)
+    if report is not None:
+        Console().print(f"report: {report}", highlight=False, soft_wrap=True)
+
+
+def _fresh_report(out: Path, since: float) -> Path | None:
+    """``out/report.html`` when this run wrote it; else None, after saying so on stderr."""
+    from htvs.report import REPORT_FILE
+
+    path = out / REPORT_FILE
+    if path.is_file() and path.stat().st_mtime >= since - 1.0:
+        return path
+    _stderr().print(f"no {REPORT_FILE} written (the reason is logged above); the tables are complete; "
+                    f"retry with: htvs campaign report {out}", highlight=False)
+    return None
+
+
+_REPORT_HELP = (
+    "Write OUT/report.html: one self-contained page (no network) of a finished campaign.\n\n"
+    "It holds the funnel next to the paper's counts with every threshold and its unit, histograms of "
+    "predicted E_hull (eV/atom), band gap (eV) and phi_ox (V vs Li/Li+) with the thresholds, the predicted "
+    "conductivities (mS/cm) with the shortlist cut, MSD and Arrhenius plots of each validated structure, the "
+    "sortable candidate table (a unit in every header) linking each structure's CIF file in OUT/cifs/, the run "
+    "metadata (config hash, models, stage timings; from OUT/run.json) and the data dictionary.\n\n"
+    "`htvs campaign run` writes it as its last step; run this to redraw it, e.g. after copying a campaign "
+    "folder back from a cluster."
+)
+
+
+@campaign_app.command("report", help=_REPORT_HELP)
+def campaign_report(
+    out: Path = typer.Argument(..., help="A campaign's --out folder (funnel.json and the tables beside it)."),
+    window_products: bool = typer.Option(
+        True, "--window-products/--no-window-products",
+        help="Name the phases at each candidate's window limits (loads the reference hull: a few seconds)."),
+) -> None:
+    """Write OUT/report.html (see ``_REPORT_HELP``)."""
+    from htvs.report import write_campaign_report
+
+    with _clear_errors():
+        path = write_campaign_report(out, window_products=window_products)
+    Console().print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 @campaign_app.command("plot")

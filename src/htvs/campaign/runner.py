@@ -149,7 +149,8 @@ def run_campaign(
     services: StageClient | None = None,
 ) -> dict:
     """Run every step, then copy the final tables, ``funnel.json`` and ``candidates.csv`` to
-    ``out_dir``. Returns the funnel."""
+    ``out_dir``, and write ``run.json`` and ``report.html`` there (:func:`htvs.report.report_after_run`;
+    a report that fails is logged and does not fail the campaign). Returns the funnel."""
     results = run_step(store, config, "report", backend=backend, progress=progress, services=services)
     assert isinstance(results, dict)
     out_dir = output_folder(out_dir)
@@ -168,4 +169,10 @@ def run_campaign(
         write_bytes_atomic(out_dir / name, store.get_bytes(f"{report_prefix(config)}/{name}"))
     funnel = ordered_funnel(store.get_json(f"{report_prefix(config)}/funnel.json"))
     write_bytes_atomic(out_dir / "funnel.json", (json.dumps(funnel, indent=1) + "\n").encode())
+    # last: run.json and report.html (htvs.report); a failure there is logged, never raised
+    from htvs.report import report_after_run
+
+    progress("html report", 0, 1)
+    report_after_run(out_dir, config, results)
+    progress("html report", 1, 1)
     return funnel
