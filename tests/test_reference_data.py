@@ -25,6 +25,14 @@ def test_mp_formation_energies_are_lowest_per_reduced_formula() -> None:
     assert -2.2 < value < -1.8  # MP Li2O: about -2.07 eV/atom
 
 
+def test_bundled_lowest_table_is_the_derivation_of_mp_e_form() -> None:
+    """The precomputed table read at start-up equals reducing matbench mp_e_form again."""
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(datasets.load_mp_formation_energies(), datasets.derive_mp_formation_energies())
+    assert "NaN" in set(datasets.load_mp_formation_energies()["formula"])  # sodium nitride, not a gap
+
+
 def test_formula_tables_have_documented_columns() -> None:
     for name in [*datasets.MP_TABLES, "expt_gap"]:
         frame = datasets.load_formula_table(name)

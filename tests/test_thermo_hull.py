@@ -254,3 +254,40 @@ def test_bundled_fast_index_equals_validated_index():
     fast = ReferenceHull.bundled()
     slow = ReferenceHull.from_table(load_mp_formation_energies(), validate=True)
     assert fast._rows == slow._rows  # noqa: SLF001
+
+
+# -- the facet model built without a PhaseDiagram -------------------------------------------------
+
+
+def test_facet_model_from_phases_matches_pymatgen_phase_diagram(mp_hull: ReferenceHull) -> None:
+    """Hull energies and decompositions of the direct construction equal those of the model built
+    from pymatgen's PhaseDiagram, at random compositions of real chemical systems."""
+    import numpy as np
+
+    from htvs.thermo.facets import FacetModel
+
+    rng = np.random.default_rng(0)
+    for spec in ["Li-P-S", "Li-La-Zr-O", "Li-Ge-P-S", "Li-In-Cl", "Na-Li-S-F", "Li-O", "Li"]:
+        direct = mp_hull.facet_model(spec)
+        via_pymatgen = FacetModel.from_phase_diagram(mp_hull.phase_diagram(spec))
+        assert sorted(direct.elements) == sorted(via_pymatgen.elements)
+        assert direct.n_facets == via_pymatgen.n_facets
+        draws = rng.dirichlet(np.ones(len(direct.elements)), size=200)
+        amounts = [dict(zip(direct.elements, row, strict=True)) for row in draws]
+        e_direct = direct.hull_energy(direct.fractions(amounts))[0]
+        e_pymatgen = via_pymatgen.hull_energy(via_pymatgen.fractions(amounts))[0]
+        np.testing.assert_allclose(e_direct, e_pymatgen, atol=1e-9)
+
+
+def test_window_command_does_not_import_pymatgen_phase_diagram() -> None:
+    """Importing pymatgen.analysis.phase_diagram costs ~1 s of start-up (pyplot, plotly, scipy
+    interpolate); a single-formula window must not need it."""
+    code = (
+        "import sys\n"
+        "from htvs.thermo import ReferenceHull\n"
+        "from htvs.thermo.window import electrochemical_windows\n"
+        "electrochemical_windows(ReferenceHull.bundled(), ['Li3PS4'])\n"
+        "print('pymatgen.analysis.phase_diagram' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -10,6 +10,8 @@ and computes the others. Every stage uses this one record, which has the fields 
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 
@@ -79,6 +81,7 @@ def finite_number(name: str, value: object) -> float:
 MAX_SHOWN_CHARS = 80
 
 
+@functools.cache
 def _bounded_repr():
     """``reprlib`` with small limits, and huge integers described instead of converted to text
     (Python refuses ``str`` of an int above 4300 digits)."""

@@ -31,6 +31,11 @@ CONTAIN_TOL = 1e-9
 AMOUNT_TOL = 1e-8
 #: Facets whose mu_Li are within this (eV) of the extreme one are ties.
 MU_TOL = 1e-8
+#: A phase joins the hull construction below this formation energy, eV/atom (pymatgen's
+#: ``PhaseDiagram.formation_energy_tol``).
+_FORMATION_TOL = 1e-11
+#: Facets whose vertex matrix has a smaller |determinant| are degenerate (pymatgen's bound).
+_DEGENERATE_DET = 1e-14
 #: Upper bound on the number of floats in one (rows x facets x elements) temporary.
 _CHUNK_FLOATS = 4_000_000
 
@@ -69,10 +74,75 @@ class FacetModel:
         )
         energies = np.array([entry.energy_per_atom for entry in entries], dtype=np.float64)
         facets = np.asarray([list(f) for f in diagram.facets], dtype=np.intp).reshape(-1, n)
-        vertex_matrices = fractions[facets]  # (F, n, n), rows = vertices
-        inverse = np.linalg.inv(vertex_matrices)
-        mu = np.einsum("fij,fj->fi", inverse, energies[facets])
         names = tuple(str(entry.name) for entry in entries)
+        return cls._with_inverses(elements, names, fractions, energies, facets)
+
+    @classmethod
+    def from_phases(
+        cls,
+        elements: Sequence[str],
+        names: Sequence[str],
+        fractions: np.ndarray,
+        energies: np.ndarray,
+    ) -> FacetModel:
+        """The lower convex hull of phases given as atomic fractions and E_f (eV/atom), directly.
+
+        The same construction as pymatgen's ``PhaseDiagram`` (the elements at 0 eV/atom and the
+        phases below 0 eV/atom go to qhull, options ``Qt i``, with one apex point above the
+        centroid so that the hull is full-dimensional; facets touching the apex or degenerate
+        ones are dropped), without building a ``PhaseDiagram``: importing
+        ``pymatgen.analysis.phase_diagram`` alone takes about a second (it loads matplotlib's
+        pyplot, plotly and scipy.interpolate), which a single-formula command paid at start-up.
+        Hull energies and decompositions agree with ``from_phase_diagram`` (tested); where
+        several phases lie on one plane the triangulation, and so a decomposition at a tie, may
+        differ.
+
+        Args:
+            elements: symbols, the column order of ``fractions``; each must have a row of
+                its own (fraction 1, energy 0) among the phases.
+            names: one name per phase (reduced formulas).
+            fractions: ``(P, n)`` atomic fractions.
+            energies: ``(P,)`` formation energies, eV/atom.
+        """
+        from scipy.spatial import ConvexHull
+
+        fractions = np.asarray(fractions, dtype=np.float64)
+        energies = np.asarray(energies, dtype=np.float64)
+        n = len(elements)
+        is_element = np.isclose(fractions.max(axis=1), 1.0)
+        keep = np.flatnonzero(is_element | (energies < -_FORMATION_TOL))
+        fractions, energies = fractions[keep], energies[keep]
+        kept_names = tuple(str(names[i]) for i in keep)
+        if n == 1:
+            facets = np.array([[int(np.argmin(energies))]], dtype=np.intp)
+        else:
+            points = np.column_stack([fractions[:, 1:], energies])
+            apex = np.full(n, 1.0 / n)
+            apex[-1] = points.max() + 1.0
+            simplices = ConvexHull(np.vstack([points, apex]), qhull_options="Qt i").simplices
+            apex_index = len(points)
+            lower = []
+            for simplex in simplices:
+                if simplex.max() == apex_index:
+                    continue
+                matrix = points[simplex].copy()
+                matrix[:, -1] = 1.0
+                if abs(np.linalg.det(matrix)) > _DEGENERATE_DET:
+                    lower.append(simplex)
+            facets = np.asarray(lower, dtype=np.intp).reshape(-1, n)
+        return cls._with_inverses(tuple(elements), kept_names, fractions, energies, facets)
+
+    @classmethod
+    def _with_inverses(
+        cls,
+        elements: tuple[str, ...],
+        names: tuple[str, ...],
+        fractions: np.ndarray,
+        energies: np.ndarray,
+        facets: np.ndarray,
+    ) -> FacetModel:
+        inverse = np.linalg.inv(fractions[facets])  # (F, n, n), rows = vertices
+        mu = np.einsum("fij,fj->fi", inverse, energies[facets])
         return cls(
             elements=elements,
             phase_names=names,

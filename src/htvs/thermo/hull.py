@@ -2,9 +2,11 @@
 
 :class:`ReferenceHull` indexes a table of formation energies by element set once; the entries
 of a chemical system are then the union over its subsets. Per chemical system it builds (and
-keeps in bounded LRU caches) a pymatgen ``PhaseDiagram`` and a :class:`FacetModel` with the
-facets' inverse vertex matrices, so that energies above the hull of many formulas are a few
-numpy operations per chemical system instead of one ``PhaseDiagram`` per formula.
+keeps in bounded LRU caches) a :class:`FacetModel` with the lower hull's facets and their
+inverse vertex matrices, so that energies above the hull of many formulas are a few numpy
+operations per chemical system instead of one ``PhaseDiagram`` per formula. The facet model is
+built with qhull directly (:meth:`FacetModel.from_phases`); a pymatgen ``PhaseDiagram`` is built
+only where one is asked for (:meth:`ReferenceHull.phase_diagram`).
 
 Energies are formation energies in eV/atom relative to the elements, which are always present
 at 0 eV/atom. Nothing is loaded at import.
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import numpy as np
 from pymatgen.core import Composition
 
 from htvs.errors import HTVSError, InvalidInput, RowError, StageFailed, finite_number, shown
@@ -166,6 +169,7 @@ class ReferenceHull:
         self.elements: frozenset[str] = frozenset(elements)
         self.source = source
         self._pd_entries: dict[str, PDEntry] = {}
+        self._atomic_fractions: dict[str, dict[str, float]] = {}
         self._diagrams: _LRU[frozenset[str], PhaseDiagram] = _LRU(cache_size)
         self._models: _LRU[frozenset[str], FacetModel] = _LRU(4 * cache_size)
 
@@ -202,8 +206,17 @@ class ReferenceHull:
             raise InvalidInput(f"reference table lacks column(s) {sorted(missing)}")
         best: dict[str, tuple[frozenset[str], float]] = {}
         seen: set[str] = set()
-        for formula, value in zip(table["formula"], table["e_form_ev_per_atom"], strict=True):
-            energy = check_e_form(formula, value)
+        column = table["e_form_ev_per_atom"]
+        # a float column is checked in one vectorized pass; check_e_form then only words the
+        # message of a bad value (calling it per row cost ~1 s on the bundled 95k rows)
+        if column.dtype.kind == "f":
+            values = column.to_numpy(dtype=np.float64)
+            plain = np.isfinite(values) & (np.abs(values) <= MAX_ABS_E_FORM_EV_PER_ATOM)
+        else:
+            values = column.to_numpy(dtype=object)
+            plain = np.zeros(len(values), dtype=bool)
+        for formula, value, is_plain in zip(table["formula"], values, plain, strict=True):
+            energy = float(value) if is_plain else check_e_form(formula, value)
             if validate:
                 comp = parse_composition(formula)
                 name = comp.reduced_formula
@@ -288,11 +301,8 @@ class ReferenceHull:
                     f"({len(self.elements)} {self.source} elements)"
                 )
 
-    def entries(self, chemsys: ChemsysLike) -> list[PDEntry]:
-        """PDEntries of every reference compound in ``chemsys`` plus the elements at 0 eV."""
-        system = self.chemsys(chemsys)
-        from pymatgen.analysis.phase_diagram import PDEntry
-
+    def _compounds(self, system: frozenset[str]) -> list[tuple[str, float]]:
+        """``(reduced formula, E_f in eV/atom)`` of every reference compound within ``system``."""
         names: list[tuple[str, float]] = []
         n_subsets = 2 ** len(system)
         if n_subsets <= len(self._rows):
@@ -304,11 +314,44 @@ class ReferenceHull:
             for key, rows in self._rows.items():
                 if key <= system:
                     names.extend(rows)
-        out = [self._entry(name, energy) for name, energy in names]
+        return names
+
+    def entries(self, chemsys: ChemsysLike) -> list[PDEntry]:
+        """PDEntries of every reference compound in ``chemsys`` plus the elements at 0 eV."""
+        system = self.chemsys(chemsys)
+        from pymatgen.analysis.phase_diagram import PDEntry
+
+        out = [self._entry(name, energy) for name, energy in self._compounds(system)]
         for symbol in sorted(system):
             element = Composition(symbol)
             out.append(PDEntry(element, 0.0, name=element.reduced_formula))
         return out
+
+    def _fractions(self, name: str) -> dict[str, float]:
+        """Atomic fractions of a reference compound (cached per formula)."""
+        fractions = self._atomic_fractions.get(name)
+        if fractions is None:
+            comp = Composition(name)
+            fractions = {el.symbol: comp.get_atomic_fraction(el) for el in comp.elements}
+            self._atomic_fractions[name] = fractions
+        return fractions
+
+    def _build_facet_model(self, system: frozenset[str]) -> FacetModel:
+        elements = tuple(sorted(system))
+        compounds = self._compounds(system)
+        # an element phase is named as pymatgen names it (its reduced formula: N2, O2, Li)
+        names = [*(Composition(el).reduced_formula for el in elements), *(name for name, _ in compounds)]
+        energies = np.array([0.0] * len(elements) + [energy for _, energy in compounds], dtype=np.float64)
+        fractions = np.zeros((len(names), len(elements)), dtype=np.float64)
+        fractions[np.arange(len(elements)), np.arange(len(elements))] = 1.0
+        column = {el: i for i, el in enumerate(elements)}
+        for row, (name, _) in enumerate(compounds, start=len(elements)):
+            for symbol, fraction in self._fractions(name).items():
+                fractions[row, column[symbol]] = fraction
+        try:
+            return FacetModel.from_phases(elements, names, fractions, energies)
+        except Exception as exc:  # qhull raises assorted errors on degenerate input
+            raise StageFailed(f"cannot build the convex hull of {'-'.join(elements)}: {exc}") from exc
 
     def _entry(self, name: str, e_form: float) -> PDEntry:
         entry = self._pd_entries.get(name)
@@ -328,9 +371,7 @@ class ReferenceHull:
     def facet_model(self, chemsys: ChemsysLike) -> FacetModel:
         """Precomputed facets of ``chemsys``'s hull (see :class:`FacetModel`), LRU-cached."""
         system = self.chemsys(chemsys)
-        return self._models.get_or_build(
-            system, lambda: FacetModel.from_phase_diagram(self.phase_diagram(system))
-        )
+        return self._models.get_or_build(system, lambda: self._build_facet_model(system))
 
     def clear_cache(self) -> None:
         """Drop every cached diagram and facet model (the element-set index stays)."""
