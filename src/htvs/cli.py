@@ -504,15 +504,31 @@ def serve(
         None, help="Store of the campaign stages this service runs (htvs.v1.StageService): a directory or "
         "s3://bucket/prefix; requests may name it or a prefix below it (default: $HTVS_STORE; none: refused).",
     ),
+    tls_cert: Path | None = typer.Option(
+        None, envvar="HTVS_TLS_CERT", help="PEM certificate chain of the gRPC port; with --tls-key it serves TLS "
+        "(default: plaintext)."),
+    tls_key: Path | None = typer.Option(None, envvar="HTVS_TLS_KEY", help="PEM private key of --tls-cert."),
+    tls_client_ca: Path | None = typer.Option(
+        None, envvar="HTVS_TLS_CLIENT_CA", help="PEM CA bundle: clients must present a certificate it signed "
+        "(mutual TLS; needs --tls-cert/--tls-key)."),
+    reflection: bool = typer.Option(
+        True, "--reflection/--no-reflection", envvar="HTVS_GRPC_REFLECTION",
+        help="Serve gRPC server reflection (lists the services and their messages)."),
+    health_port: int | None = typer.Option(
+        None, min=0, max=65535, envvar="HTVS_HEALTH_PORT", help="Also serve grpc.health.v1 alone, in plaintext, "
+        "on this port (for the kubelet's gRPC probe when the gRPC port is TLS; default: none)."),
+    health_host: str = typer.Option("127.0.0.1", envvar="HTVS_HEALTH_HOST",
+                                    help="Interface of --health-port (default loopback)."),
 ) -> None:
     """Serve a stage over gRPC (htvs.v1) until SIGTERM/SIGINT, then stop gracefully.
 
     Every service also serves htvs.v1.StageService: the campaign stages it hosts, run on data in
-    its store. Prints one JSON line on stdout once serving: service, port, metrics_port.
+    its store. Prints one JSON line on stdout once serving: service, port, metrics_port, health_port.
     """
     import logging
 
     from htvs.grpc.serve import check_service_name, serve as run
+    from htvs.grpc.tls import ServerTls
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resources: dict[str, Any] = {}
@@ -529,13 +545,16 @@ def serve(
                      "generator_device": generator_device}
 
     def announce(server, bound: int) -> None:
-        _emit_json({"service": server.service_names[0], "port": bound, "metrics_port": server.metrics_port})
+        _emit_json({"service": server.service_names[0], "port": bound, "metrics_port": server.metrics_port,
+                    "health_port": server.health_port})
         sys.stdout.flush()
 
     with _clear_errors():
         check_service_name(name)
+        tls = ServerTls.from_options(tls_cert, tls_key, tls_client_ca)
         run(name, port, metrics_port, host=host, metrics_host=metrics_host, max_workers=max_workers, ready=announce,
-            store=store, **resources)
+            store=store, tls=tls, reflection=reflection, health_port=health_port, health_host=health_host,
+            **resources)
 
 
 

@@ -9,6 +9,11 @@ manifest from the same store. Only keys travel over gRPC, never rows, so no mess
 a campaign. A call is retried with exponential backoff while the service is unavailable (a
 stage is content-addressed, so a repeated call finds the finished manifest and returns at once).
 Stages whose service has no address, and the report, run in process.
+
+Channels are plaintext unless client TLS is configured: a :class:`~htvs.grpc.tls.ClientTls`
+given to :class:`StageClient` / :func:`parse_services`, or else the environment
+(``HTVS_GRPC_CA``, and ``HTVS_GRPC_CERT`` + ``HTVS_GRPC_KEY`` for services that require client
+certificates; see :mod:`htvs.grpc.tls`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import grpc
 
 from htvs.campaign.graph import STAGES, RunContext, Stage
 from htvs.errors import DataNotFound, InvalidInput, ModelNotReady, StageFailed
+from htvs.grpc.tls import ClientTls, open_channel
 from htvs.store import StageManifest, manifest_key_of
 
 #: The services of the stage graph.
@@ -35,17 +41,18 @@ _ERROR_OF = {
 }
 
 
-def _list_stages(address: str, timeout_s: float):
+def _list_stages(address: str, timeout_s: float, tls: ClientTls | None):
     from htvs.grpc.gen import stage_pb2, stage_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls) as channel:
         return stage_pb2_grpc.StageServiceStub(channel).ListStages(stage_pb2.ListStagesRequest(), timeout=timeout_s)
 
 
-def parse_services(spec: str, timeout_s: float = 5.0) -> dict[str, str]:
+def parse_services(spec: str, timeout_s: float = 5.0, tls: ClientTls | None = None) -> dict[str, str]:
     """``"name=host:port,..."`` or ``"host:port,..."`` -> {service name: address}.
 
-    A plain address is asked which service it is (``StageService/ListStages``). An empty spec
+    A plain address is asked which service it is (``StageService/ListStages``), over TLS with
+    ``tls`` (None: :meth:`ClientTls.from_env`, plaintext when that is unset). An empty spec
     gives ``{}`` (every stage in process).
 
     Raises:
@@ -59,8 +66,10 @@ def parse_services(spec: str, timeout_s: float = 5.0) -> dict[str, str]:
                 raise InvalidInput(f"--services: unknown service {name!r}; known: {list(SERVICE_NAMES)}")
             found[name] = address
             continue
+        if tls is None:
+            tls = ClientTls.from_env()
         try:
-            reply = _list_stages(address, timeout_s)
+            reply = _list_stages(address, timeout_s, tls)
         except grpc.RpcError as exc:
             raise InvalidInput(f"--services: no htvs service answers at {address!r} ({exc.code().name})") from None
         found.setdefault(reply.service, address)
@@ -81,12 +90,14 @@ class StageClient:
         retries: attempts after the first when the service is unavailable.
         backoff_s: first wait between attempts, doubled each time.
         shard_calls: shards of a sharded stage run at once (on one service or its replicas).
+        tls: client TLS of the channels (None: :meth:`ClientTls.from_env`, plaintext when unset).
     """
 
     addresses: dict[str, str]
     retries: int = 5
     backoff_s: float = 1.0
     shard_calls: int = 4
+    tls: ClientTls | None = None
     _channels: dict[str, grpc.Channel] = field(default_factory=dict, repr=False)
 
     def hosts(self, stage: Stage) -> bool:
@@ -140,7 +151,9 @@ class StageClient:
 
     def _channel(self, service: str) -> grpc.Channel:
         if service not in self._channels:
-            self._channels[service] = grpc.insecure_channel(self.addresses[service])
+            if self.tls is None:
+                self.tls = ClientTls.from_env()
+            self._channels[service] = open_channel(self.addresses[service], self.tls)
         return self._channels[service]
 
     def close(self) -> None:

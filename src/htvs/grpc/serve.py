@@ -1,6 +1,9 @@
 """``serve(name, port, ...)``: load a service's resources once, serve until SIGTERM/SIGINT.
 
-Used by ``htvs serve NAME``. Heavy resources (prototype sets, the reference hull, the ONNX
+Used by ``htvs serve NAME``. SIGTERM and SIGINT are handled from the start (also while the
+resources load, so a container's process 1 stops at once): the server stops taking calls, lets
+the calls in flight finish within the grace period (at most :data:`DEFAULT_GRACE_S` by default),
+and ``serve`` returns. Heavy resources (prototype sets, the reference hull, the ONNX
 ensembles, the conductivity GNN ensemble, the structure generator) are loaded before the server
 starts; a missing model fails the start with a clear message instead of a server that cannot
 answer.
@@ -8,14 +11,17 @@ answer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from htvs.errors import InvalidInput
 from htvs.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WORKERS, HtvsServer, Servicer, create_server
+from htvs.grpc.tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +29,9 @@ logger = logging.getLogger(__name__)
 AVAILABLE_SERVICES = ("substitution", "composition", "structure", "generator", "conductivity", "dft")
 #: Services of the funnel that are not served yet.
 PLANNED_SERVICES: tuple[str, ...] = ()
-#: Seconds calls in flight may still run after SIGTERM.
-DEFAULT_GRACE_S = 10.0
+#: Seconds from SIGTERM to the end of ``serve``: calls in flight finish within it (then they are
+#: cancelled), and background jobs (dft) get what is left. Well inside Kubernetes' 30 s default.
+DEFAULT_GRACE_S = 5.0
 
 
 def check_service_name(name: str) -> str:
@@ -186,6 +193,10 @@ def serve(
     servicer: Servicer | None = None,
     store: str | None = None,
     ready: Callable[[HtvsServer, int], None] | None = None,
+    tls: ServerTls | None = None,
+    reflection: bool = True,
+    health_port: int | None = None,
+    health_host: str = "0.0.0.0",
     **resources,
 ) -> None:
     """Serve ``name`` on ``host:port`` until SIGTERM or SIGINT, then stop gracefully.
@@ -198,65 +209,107 @@ def serve(
         metrics_host: interface of the metrics endpoint (default loopback).
         max_workers: worker threads.
         max_message_bytes: largest request/response, bytes.
-        grace_s: seconds calls in flight may finish after the signal.
+        grace_s: seconds from the signal to the return: calls in flight finish within it, and
+            a servicer's background work (dft) gets what is left.
         servicer: an already built servicer (default: :func:`build_servicer` with ``resources``).
         store: URL of the store the campaign stages of this service read and write
             (``htvs.v1.StageService``; None: ``HTVS_STORE``, and without it RunStage is refused).
         ready: called with ``(server, port)`` once serving (signal handlers are installed).
+        tls: certificate, key and optional client CA of the gRPC port (None: plaintext).
+        reflection: serve gRPC server reflection.
+        health_port: a plaintext port serving only ``grpc.health.v1.Health`` on
+            ``health_host`` (for the kubelet's gRPC probe when the gRPC port is TLS; None: none).
         resources: keyword arguments of :func:`build_servicer`.
 
     Signal handlers are installed only when called from the main thread; elsewhere stop the
-    server through ``ready``'s ``server.stop()``.
+    server through ``ready``'s ``server.stop()``. A signal while the resources load ends
+    ``serve`` at once, without serving.
     """
     check_service_name(name)
-    if servicer is None:
-        servicer = build_servicer(name, **resources)
-    if hasattr(servicer, "max_watch_streams"):  # dft: a Watch stream holds a call thread; half stay free
-        servicer.max_watch_streams = min(servicer.max_watch_streams, max(max_workers // 2, 1))
-    if store is None:
-        from htvs.settings import Settings
+    stop_requested, serving = threading.Event(), threading.Event()
+    with _stop_on_signals(stop_requested, serving) as handled:
+        try:
+            if tls is not None:  # a bad certificate fails the start before minutes of model loading
+                tls.credentials()
+            if servicer is None:
+                logger.info("loading %s (SIGTERM/SIGINT stop it)", name)
+                servicer = build_servicer(name, **resources)
+            if hasattr(servicer, "max_watch_streams"):  # dft: a Watch stream holds a call thread; half stay free
+                servicer.max_watch_streams = min(servicer.max_watch_streams, max(max_workers // 2, 1))
+            if store is None:
+                from htvs.settings import Settings
 
-        store = Settings.from_env().store
-    from htvs.store import open_store
+                store = Settings.from_env().store
+            from htvs.store import open_store
 
-    root = open_store(store) if store else None
-    servicer.store = root  # batch calls with a store input read and write it
-    stages = build_stage_servicer(name, servicer, root, **resources)
-    server, bound = create_server(
-        f"{host}:{port}",
-        servicer,
-        stages,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        max_message_bytes=max_message_bytes,
-        max_workers=max_workers,
-    )
-    stop_requested = threading.Event()
+            root = open_store(store) if store else None
+            servicer.store = root  # batch calls with a store input read and write it
+            stages = build_stage_servicer(name, servicer, root, **resources)
+            server, bound = create_server(
+                f"{host}:{port}",
+                servicer,
+                stages,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+                max_message_bytes=max_message_bytes,
+                max_workers=max_workers,
+                tls=tls,
+                reflection_enabled=reflection,
+                health_address=None if health_port is None else f"{health_host}:{health_port}",
+            )
+        except _StoppedWhileLoading:
+            logger.info("stopped by a signal while loading %s", name)
+            return
+        serving.set()  # from here a signal only asks for the graceful stop
+        try:
+            server.start()
+            logger.info(
+                "serving %s on %s:%d (%s; reflection %s; metrics: %s; health-only port: %s)",
+                servicer.service_name,
+                host,
+                bound,
+                "plaintext" if tls is None else ("mutual TLS" if tls.mutual else "TLS"),
+                "on" if reflection else "off",
+                server.metrics_port if server.metrics_port is not None else "off",
+                server.health_port if server.health_port is not None else "off",
+            )
+            if ready is not None:
+                ready(server, bound)
+            if handled:
+                while not stop_requested.wait(0.2):
+                    if server.wait_for_termination(0):
+                        break
+            else:
+                server.wait_for_termination()
+        finally:
+            deadline = time.monotonic() + grace_s
+            logger.info("stopping %s (grace %.1f s)", servicer.service_name, grace_s)
+            server.stop(grace_s).wait()
+            if hasattr(servicer, "shutdown"):  # background jobs (dft): stop taking work, join workers
+                servicer.shutdown(timeout=max(deadline - time.monotonic(), 0.1))
+
+
+class _StoppedWhileLoading(BaseException):
+    """Raised by the signal handler before the server serves: nothing to drain, stop now."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop_requested: threading.Event, serving: threading.Event):
+    """While inside, SIGTERM and SIGINT set ``stop_requested`` (and, until ``serving`` is set,
+    raise :class:`_StoppedWhileLoading`); main thread only. Yields whether the handlers are
+    installed; the previous handlers come back after."""
+
+    def handler(signum, frame) -> None:
+        stop_requested.set()
+        if not serving.is_set():
+            raise _StoppedWhileLoading
+
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda signum, frame: stop_requested.set())
+            previous[sig] = signal.signal(sig, handler)
     try:
-        server.start()
-        logger.info(
-            "serving %s on %s:%d (metrics: %s)",
-            servicer.service_name,
-            host,
-            bound,
-            server.metrics_port if server.metrics_port is not None else "off",
-        )
-        if ready is not None:
-            ready(server, bound)
-        if previous:
-            while not stop_requested.wait(0.5):
-                if server.wait_for_termination(0):
-                    break
-        else:
-            server.wait_for_termination()
+        yield bool(previous)
     finally:
-        logger.info("stopping %s (grace %.1f s)", servicer.service_name, grace_s)
-        server.stop(grace_s).wait()
-        if hasattr(servicer, "shutdown"):  # background jobs (dft): stop taking work, join workers
-            servicer.shutdown(timeout=grace_s)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

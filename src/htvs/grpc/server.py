@@ -3,8 +3,12 @@
 :func:`create_server` builds a ``grpc.Server`` with
 
 * the given servicers (anything with ``service_name`` and ``add_to_server``),
-* standard health checking (``grpc.health.v1.Health``), one status per service plus ``""``,
+* standard health checking (``grpc.health.v1.Health``), one status per service plus ``""``;
+  optionally also on a plaintext, health-only port (for the kubelet's gRPC probe, which cannot
+  speak TLS),
 * server reflection (so ``grpcurl`` and reflection clients can list and call the services),
+  unless switched off,
+* plaintext or TLS (optionally mutual TLS) on the service port (:class:`~htvs.grpc.tls.ServerTls`),
 * ONE interceptor on the ``htvs.v1`` services that maps project errors to status codes and
   records Prometheus metrics (see :data:`STATUS_OF`),
 * explicit send/receive message-size limits,
@@ -33,6 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from htvs.errors import DataNotFound, HTVSError, InvalidInput, ModelNotReady, StageFailed
+from htvs.grpc.tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +301,8 @@ class HtvsServer:
         service_names: full names of the htvs services registered.
         metrics: the Prometheus metrics (``metrics.registry`` is this server's own registry).
         metrics_port: port of the Prometheus endpoint once started (None: no endpoint).
+        health_server: the plaintext health-only ``grpc.Server`` (None: health on the service
+            port only); ``health_port`` its port.
     """
 
     def __init__(
@@ -305,6 +312,8 @@ class HtvsServer:
         service_names: Sequence[str],
         metrics: ServerMetrics,
         metrics_address: tuple[str, int] | None,
+        health_server: grpc.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.grpc_server = grpc_server
         self.health = health_servicer
@@ -314,6 +323,8 @@ class HtvsServer:
         self._metrics_httpd = None
         self.metrics_port: int | None = None
         self._stopping = threading.Lock()
+        self.health_server = health_server
+        self.health_port = health_port
 
     def start(self) -> None:
         """Start serving: the Prometheus endpoint, the gRPC server, then health SERVING."""
@@ -327,6 +338,8 @@ class HtvsServer:
                 raise StageFailed(f"cannot serve metrics on {host}:{port}: {exc}") from exc
             self.metrics_port = int(self._metrics_httpd.server_port)
         self.grpc_server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         for name in ("", *self.service_names):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -342,6 +355,9 @@ class HtvsServer:
         with self._stopping:
             self.health.enter_graceful_shutdown()
             done = self.grpc_server.stop(grace)
+            if self.health_server is not None:  # probes now fail: the pod is going away
+                health_server, self.health_server = self.health_server, None
+                health_server.stop(grace)
             if self._metrics_httpd is not None:
                 httpd, self._metrics_httpd = self._metrics_httpd, None
 
@@ -378,8 +394,11 @@ def create_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_concurrent_rpcs: int | None = None,
+    tls: ServerTls | None = None,
+    reflection_enabled: bool = True,
+    health_address: str | None = None,
 ) -> tuple[HtvsServer, int]:
-    """Build a server for ``servicers`` bound (insecure) to ``address``; start it with ``.start()``.
+    """Build a server for ``servicers`` bound to ``address``; start it with ``.start()``.
 
     Args:
         address: ``"host:port"``; port 0 picks a free port (returned).
@@ -392,18 +411,28 @@ def create_server(
         max_workers: worker threads handling calls.
         max_concurrent_rpcs: calls accepted at once beyond which new ones get
             RESOURCE_EXHAUSTED (None: no limit, they queue).
+        tls: certificate, key and optional client CA of the service port (None: plaintext).
+            With a client CA, clients must present a certificate it signed (mutual TLS).
+        reflection_enabled: serve ``grpc.reflection`` (lists the services and their messages).
+        health_address: ``"host:port"`` of a plaintext port serving ``grpc.health.v1.Health``
+            only (port 0: a free one, see ``server.health_port``; None: no such port). It shares
+            the statuses of the service port; nothing else is reachable through it.
 
     Returns:
         ``(server, port)``: the :class:`HtvsServer` and the port bound.
 
     Raises:
-        InvalidInput: a bad limit or an address that cannot be bound.
+        InvalidInput: a bad limit, an address that cannot be bound, a TLS file that is missing,
+            unreadable or not PEM (the message names it).
     """
     if not servicers:
         raise InvalidInput("create_server needs at least one servicer")
     _check_port("gRPC port", address.rpartition(":")[2])
     if metrics_port is not None:
         _check_port("metrics port", metrics_port)
+    if health_address is not None:
+        _check_port("health port", health_address.rpartition(":")[2])
+    credentials = tls.credentials() if tls is not None else None  # files read (and checked) before binding
     if max_message_bytes < 1024:
         raise InvalidInput(f"max_message_bytes must be >= 1024, got {max_message_bytes}")
     if max_workers < 1:
@@ -431,14 +460,32 @@ def create_server(
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise InvalidInput(f"cannot bind gRPC address {address!r}: {exc}") from exc
-    if port == 0:
-        raise InvalidInput(f"cannot bind gRPC address {address!r}")
+    if reflection_enabled:
+        reflection.enable_server_reflection(
+            (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+    port = _bind(server, address, "gRPC", credentials)
+    health_server, health_port = None, None
+    if health_address is not None:
+        health_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="htvs-health-port"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = _bind(health_server, health_address, "health")
     metrics_address = None if metrics_port is None else (metrics_host, int(metrics_port))
-    return HtvsServer(server, health_servicer, names, metrics, metrics_address), port
+    return HtvsServer(server, health_servicer, names, metrics, metrics_address, health_server, health_port), port
+
+
+def _bind(server: grpc.Server, address: str, what: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind ``server`` to ``address`` (TLS with ``credentials``); the port bound, or InvalidInput."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise InvalidInput(f"cannot bind {what} address {address!r}: {exc}") from exc
+    if port == 0:
+        raise InvalidInput(f"cannot bind {what} address {address!r}")
+    return port
