@@ -115,19 +115,26 @@ def validation_flags(document: dict[str, Any] | None, row: dict[str, Any] | None
     return reasons
 
 
-def _space_group(cif: str | None) -> str | None:
-    """``Pnma (62)`` of the CIF's structure (spglib, symprec 0.1 Å), None when it cannot be read."""
-    if not cif:
-        return None
+def _space_group(info: dict[str, Any]) -> str | None:
+    """``Pnma (62)`` of a ``structures.parquet`` row's structure (spglib, symprec 0.1 Å), from its
+    stored arrays (its CIF when they are absent); None when it cannot be read."""
     try:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-        from htvs.prototypes.readers import parse_cif
+        if info.get("lattice_matrix") is not None and info.get("species") is not None:
+            from htvs.structures.parallel import structure_from_arrays
 
-        structures = parse_cif(cif)
-        if len(structures) != 1:
+            structure = structure_from_arrays(info["lattice_matrix"], info["species"], info["frac_coords"])
+        elif isinstance(info.get("cif"), str):
+            from htvs.prototypes.readers import parse_cif
+
+            structures = parse_cif(info["cif"])
+            if len(structures) != 1:
+                return None
+            structure = structures[0]
+        else:
             return None
-        analyzer = SpacegroupAnalyzer(structures[0], symprec=0.1)
+        analyzer = SpacegroupAnalyzer(structure, symprec=0.1)
         return f"{analyzer.get_space_group_symbol()} ({analyzer.get_space_group_number()})"
     except Exception:  # noqa: BLE001 - a structure spglib cannot analyse just shows no space group
         return None
@@ -195,7 +202,7 @@ def candidate_rows(output: CampaignOutput, window_products: bool = True) -> list
         row.prototype_id = _text(record.get("prototype_id")) or _text(info.get("prototype_id"))
         row.origin = _text(record.get("origin")) or _text(info.get("origin"))
         row.cif = cifs.get(row_id)
-        row.space_group = _space_group(row.cif)
+        row.space_group = _space_group(info)
         row.phi_red_v, row.phi_ox_v = finite(record.get("phi_red")), finite(record.get("phi_ox"))
         row.e_hull_predicted = finite(record.get("e_above_hull"))
         row.band_gap_ev, row.band_gap_std_ev = finite(record.get("band_gap_mean")), finite(record.get("band_gap_std"))

@@ -68,7 +68,7 @@ def prediction_histograms(panels: list[dict[str, Any]]) -> str:
     n = len(panels)
     cols = 2 if n > 1 else 1
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     for ax, panel in zip(axes.flat, panels, strict=False):
         values = np.asarray(panel["values"], dtype=float)
         values = values[np.isfinite(values)]
@@ -90,7 +90,6 @@ def prediction_histograms(panels: list[dict[str, Any]]) -> str:
         ax.set_ylabel("formulas")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
     return _data_uri(fig)
 
 
@@ -131,7 +130,7 @@ def conductivity_figure(frame, min_p_superionic: float | None, validated: set[st
     ax.set_ylabel("predicted σ(300 K) (mS/cm)")
     ax.set_title("stage 6: conductivity model")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig.set_layout_engine("constrained")
     return _data_uri(fig)
 
 
@@ -149,7 +148,7 @@ def msd_figure(curves: dict[str, dict[str, Any]], title: str) -> str:
     ax.set_ylabel("Li MSD (Å²)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.set_layout_engine("constrained")
     return _data_uri(fig)
 
 
@@ -182,5 +181,5 @@ def arrhenius_figure(diffusivity: dict[str, dict[str, Any]], activation_energy_e
     ax.set_ylabel("log10 D (cm²/s)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.set_layout_engine("constrained")
     return _data_uri(fig)

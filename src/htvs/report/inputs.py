@@ -101,7 +101,8 @@ def read_campaign_output(folder: str | Path) -> CampaignOutput:
     out.predictions = _optional_parquet(folder / "predictions.parquet", ["formula", "band_gap_mean"])
     out.screen = _optional_parquet(folder / "screen.parquet", ["formula", "e_above_hull", "phi_ox", "passed"])
     out.structures = _optional_parquet(folder / "structures.parquet", ["id", "cif"],
-                                       ["id", "formula", "prototype_id", "origin", "cif"])
+                                       ["id", "formula", "prototype_id", "origin", "cif", "lattice_matrix", "species",
+                                        "frac_coords"])
     out.relax = _optional_parquet(folder / "relax.parquet", ["id", "e_above_hull"])
     out.conductivity = _optional_parquet(folder / "conductivity.parquet",
                                          ["id", "formula", "log10_sigma_mean", "p_superionic"])
