@@ -126,3 +126,19 @@ def test_thermo_commands_refuse_bad_input(runner: CliRunner, args: list[str], me
     assert result.exit_code == EXIT_BAD_INPUT
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_outputs_keep_the_formula_as_typed_beside_the_reduced_one(runner: CliRunner) -> None:
+    window = run_json(runner, "window", "Li10GeP2S12")
+    assert (window["input"], window["formula"]) == ("Li10GeP2S12", "Li10Ge(PS6)2")
+    hull = run_json(runner, "hull", "Li10GeP2S12", "--ef", "-1.2")
+    assert (hull["input"], hull["formula"]) == ("Li10GeP2S12", "Li10Ge(PS6)2")
+    table = runner.invoke(app, ["window", "Li10GeP2S12"], env={"COLUMNS": "200"})
+    assert "Li10GeP2S12 (Li10Ge(PS6)2)" in table.stdout
+
+
+def test_predict_prints_no_empty_table_after_an_error(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["predict", "li3ps4"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "did you mean 'Li3PS4'" in result.stderr
+    assert "E_f (eV/atom)" not in result.stdout

@@ -180,6 +180,12 @@ def _report_row_errors(rows: list[Any], as_json: bool) -> bool:
     return bool(failed)
 
 
+def _as_typed(typed: str, canonical: str) -> str:
+    """The formula as the user typed it, with pymatgen's reduced formula beside it when they differ
+    (Li10GeP2S12 is reduced to Li10Ge(PS6)2)."""
+    return typed if typed == canonical else f"{typed} ({canonical})"
+
+
 @app.command()
 def window(
     formulas: list[str] = typer.Argument(..., help="Li-containing formulas, e.g. Li3PS4 Li7La3Zr2O12."),
@@ -210,6 +216,7 @@ def window(
                 _emit_json({"formula": text, "error": row.message})
             continue
         payload = {
+            "input": text,
             "formula": row.formula,
             "phi_red": round(row.phi_red_v, 4),
             "phi_ox": round(row.phi_ox_v, 4),
@@ -221,7 +228,7 @@ def window(
             _emit_json(payload)
         else:
             table.add_row(
-                row.formula,
+                _as_typed(text, row.formula),
                 f"{row.phi_red_v:.2f}",
                 f"{row.phi_ox_v:.2f}",
                 ", ".join(row.reduction_products) or "Li metal",
@@ -250,6 +257,7 @@ def hull(
             raise typer.BadParameter(f"--ef must be finite, got {ef}", param_hint="--ef")
         result = e_above_hull(ReferenceHull.bundled(), formula, ef)
     payload = {
+        "input": formula,
         "formula": result.formula,
         "e_form": result.e_form_ev_per_atom,
         "e_above_hull": round(result.e_above_hull_ev_per_atom, 6),
@@ -260,7 +268,7 @@ def hull(
         return
     products = " + ".join(f"{x:.3f} {f}" for f, x in result.decomposition)
     Console().print(
-        f"{result.formula}: E_hull = {result.e_above_hull_ev_per_atom:.3f} eV/atom; "
+        f"{_as_typed(formula, result.formula)}: E_hull = {result.e_above_hull_ev_per_atom:.3f} eV/atom; "
         f"decomposes to {products}"
     )
 
@@ -340,7 +348,7 @@ def predict(
             if payload["error"] is None:
                 payload.pop("error")
             _emit_json(payload)
-    elif table_out is None or len(frame) <= 50:
+    elif (table_out is None or len(frame) <= 50) and frame["error"].isna().any():  # no empty table
         table = Table("formula", "E_f (eV/atom)", "band gap (eV)")
         for row in frame.itertuples(index=False):
             if row.error is None:
