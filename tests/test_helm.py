@@ -232,15 +232,19 @@ def test_pods_are_locked_down(rendered: dict[str, list[dict]], case: str) -> Non
 
 @pytest.mark.parametrize("case", CASES)
 def test_services_have_grpc_probes_and_ports(rendered: dict[str, list[dict]], case: str) -> None:
+    """Native gRPC probes: on the service port in plaintext, on the plaintext health-only port with TLS
+    (the kubelet's gRPC probe cannot speak TLS)."""
     deployments = kinds(rendered[case], "Deployment")
     services = kinds(rendered[case], "Service")
+    tls = case_values(case)["tls"]["enabled"]
     assert deployments, case
     for name, deployment in deployments.items():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["args"][:2] == ["serve", name.removeprefix(f"{FULLNAME}-")]
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            assert container[probe]["grpc"] == {"port": 50051}, f"{name} {probe}"
-        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 50051, "metrics": 9090}
+            assert container[probe]["grpc"] == {"port": 50052 if tls else 50051}, f"{name} {probe}"
+        ports = {"grpc": 50051, "metrics": 9090, **({"health": 50052} if tls else {})}
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == ports
         assert container["resources"]["requests"], name
         assert {p["name"] for p in services[name]["spec"]["ports"]} == {"grpc", "metrics"}
 
@@ -333,6 +337,67 @@ def test_servicemonitor_values(rendered: dict[str, list[dict]]) -> None:
     assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
 
 
+def test_production_values_tls_no_reflection_network_policy(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["production"]
+    deployments = kinds(objects, "Deployment")
+    assert deployments
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]["template"]["spec"]
+        args = spec["containers"][0]["args"]
+        flags = dict(zip(args, args[1:]))
+        assert flags["--tls-cert"] == "/etc/htvs/tls/tls.crt" and flags["--tls-key"] == "/etc/htvs/tls/tls.key"
+        assert flags["--tls-client-ca"] == "/etc/htvs/tls/ca.crt", "clientAuth: mutual TLS"
+        assert flags["--health-port"] == "50052" and "--no-reflection" in args, name
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "grpc-tls"]
+        assert volume["secret"] == {"secretName": "htvs-grpc-tls", "defaultMode": 0o440}
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "grpc-tls"]
+        assert mount == {"name": "grpc-tls", "mountPath": "/etc/htvs/tls", "readOnly": True}
+    for service in kinds(objects, "Service").values():  # the health-only port stays inside the pod network
+        assert "health" not in {p["name"] for p in service["spec"]["ports"]}
+    # the thin clients: only ca.crt of the servers' Secret, the client certificate, HTVS_GRPC_* pointing at them
+    (template,) = kinds(objects, "WorkflowTemplate").values()
+    assert argo_schema_errors(template) == []
+    volumes = {v["name"]: v["secret"] for v in template["spec"]["volumes"] if "secret" in v}
+    assert volumes["grpc-ca"]["secretName"] == "htvs-grpc-tls"
+    assert volumes["grpc-ca"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert volumes["grpc-client"]["secretName"] == "htvs-grpc-client-tls"
+    for step in template["spec"]["templates"]:
+        if "container" in step:
+            env = {e["name"]: e.get("value") for e in step["container"]["env"]}
+            assert env["HTVS_GRPC_CA"] == "/etc/htvs/grpc-ca/ca.crt", step["name"]
+            assert env["HTVS_GRPC_CERT"] == "/etc/htvs/grpc-client/tls.crt", step["name"]
+            assert {m["mountPath"] for m in step["container"]["volumeMounts"]} >= {"/etc/htvs/grpc-ca",
+                                                                                  "/etc/htvs/grpc-client"}
+    # one NetworkPolicy per service: gRPC from the campaign's pods and the named clients, metrics from monitoring
+    pod_labels = template["spec"]["podMetadata"]["labels"]
+    policies = kinds(objects, "NetworkPolicy")
+    assert set(policies) == set(deployments)
+    for name, policy in policies.items():
+        selector = deployments[name]["spec"]["selector"]["matchLabels"]
+        assert policy["spec"]["podSelector"]["matchLabels"] == selector
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        grpc_rule, metrics_rule = policy["spec"]["ingress"]
+        assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+        campaign, *clients = grpc_rule["from"]
+        assert campaign["podSelector"]["matchLabels"].items() <= pod_labels.items(), "the campaign's pods match"
+        assert campaign["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "campaign"
+        assert [set(c) for c in clients] == [{"namespaceSelector", "podSelector"}, {"ipBlock"}]
+        assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        (scraper,) = metrics_rule["from"]
+        assert scraper["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reflection_and_tls_follow_values(rendered: dict[str, list[dict]], case: str) -> None:
+    values = case_values(case)
+    for name, deployment in kinds(rendered[case], "Deployment").items():
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert ("--no-reflection" in args) is (not values["grpc"]["reflection"]), name
+        assert ("--tls-cert" in args) is values["tls"]["enabled"], name
+    if not values["networkPolicy"]["enabled"]:
+        assert kinds(rendered[case], "NetworkPolicy") == {}
+
+
 def test_minimal_values(rendered: dict[str, list[dict]]) -> None:
     objects = rendered["minimal"]
     (deployment,) = kinds(objects, "Deployment").values()
@@ -384,12 +449,16 @@ def test_workflow_template_is_the_rendered_argo_file(rendered: dict[str, list[di
     for kind in ("WorkflowTemplate", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
         assert all(name.startswith(FULLNAME) for name in kinds(rendered[case], kind)), kind
     # and it is still a valid Argo document
+    assert argo_schema_errors(template) == []
+
+
+def argo_schema_errors(template: dict) -> list[str]:
+    """Errors of a WorkflowTemplate against the Argo Workflows JSON Schema (tests/data/argo)."""
     jsonschema = pytest.importorskip("jsonschema")
     with gzip.open(ROOT / "tests" / "data" / "argo" / "argo-workflows-schema.json.gz", "rt") as handle:
         schema = json.load(handle)
     schema["definitions"]["io.k8s.apimachinery.pkg.util.intstr.IntOrString"] = {"type": ["string", "integer"]}
-    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(template)]
-    assert errors == []
+    return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(template)]
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -460,3 +529,48 @@ def test_merge_values_follows_helm() -> None:
     """The ci-file merge mirrors Helm's: maps merge, lists replace, null deletes."""
     merged = merge_values({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "d": None})
     assert merged == {"a": {"b": 1, "c": [3]}}
+
+
+# ------------------------------------------------------------------------------- Kubernetes schemas
+#: The Kubernetes versions the chart supports (Chart.yaml kubeVersion); the lowest and the highest
+#: are validated (kubernetes-validate bundles the schemas, offline).
+SUPPORTED_KUBERNETES = ("1.29", "1.37")
+#: Custom resources: their schemas come with their operators, not with Kubernetes, so
+#: kubernetes-validate has none. The WorkflowTemplate is checked against Argo's schema above.
+CUSTOM_KINDS = {"ServiceMonitor": "monitoring.coreos.com (Prometheus Operator)",
+                "WorkflowTemplate": "argoproj.io (Argo Workflows)"}
+
+
+@pytest.mark.parametrize("version", SUPPORTED_KUBERNETES)
+def test_manifests_validate_against_kubernetes_schemas(rendered: dict[str, list[dict]], version: str) -> None:
+    """Every rendered object of every case against the strict schema of Kubernetes ``version``
+    (unknown fields are errors); custom resources are skipped by kind and counted."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate.utils")
+    problems, validated, skipped = [], 0, 0
+    for case in CASES:
+        for obj in rendered[case]:
+            name = f"{case}: {obj['kind']}/{obj['metadata']['name']}"
+            if obj["kind"] in CUSTOM_KINDS:
+                skipped += 1
+                continue
+            try:
+                kubernetes_validate.validate(obj, f"{version}.0", strict=True)
+                validated += 1
+            except kubernetes_validate.ValidationError as error:
+                problems.append(f"{name}: {'.'.join(map(str, error.path))}: {error.message}")
+            except kubernetes_validate.SchemaNotFoundError as error:
+                problems.append(f"{name}: {error.message}")
+    assert problems == [], "\n".join(problems)
+    assert validated >= 10 * len(CASES), f"only {validated} objects validated ({skipped} custom resources skipped)"
+    assert skipped >= 1, "the WorkflowTemplate should have been seen and skipped"
+
+
+def test_kube_version_matches_the_validated_range() -> None:
+    """Chart.yaml's kubeVersion starts at the lowest version validated; no upper bound (Helm would refuse
+    newer clusters outright), the highest validated is the newest kubernetes-validate bundles."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate.utils")
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    low, high = SUPPORTED_KUBERNETES
+    assert chart["kubeVersion"] == f">={low}.0-0"
+    newest = kubernetes_validate.major_minor(kubernetes_validate.latest_version())
+    assert tuple(map(int, high.split("."))) <= tuple(map(int, newest.split("."))), f"schemas only up to {newest}"
