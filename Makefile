@@ -12,13 +12,18 @@ TORCH_VERSION ?= 2.13.0
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "install [1/4] virtual environment $(VENV) ($(PYTHON))"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	@echo "install [2/4] torch $(TORCH_VERSION), CPU build (about 1 min from the local wheel)"
 	# the CPU build of torch first (on disk on the dev machines); a bare range would pull CUDA
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	@echo "install [3/4] htvs and its dependencies: pymatgen, CHGNet, aviary, grpcio, onnxruntime, ... (about 5-8 min on a fresh machine)"
 	$(BIN)/python -m pip install --quiet -e '.[all,codegen,test]'
+	@echo "install [4/4] gRPC stubs from protos/"
 	$(BIN)/python -m htvs.grpc.codegen
 	touch $(STAMP)
+	@echo "install done: $(VENV)"
 
 ## The main job on the embedded default (no cluster): the demo campaign, then known windows.
 demo: $(STAMP)
