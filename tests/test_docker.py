@@ -60,7 +60,9 @@ def test_dockerfile_conventions(dockerfile: Path) -> None:
     runtime = text[text.rindex("AS runtime"):]
     assert "COPY --from=builder /opt/venv /opt/venv" in runtime
     assert re.search(r"^USER 10001(:10001)?$", runtime, re.MULTILINE), "runtime runs as uid 10001 (chart runAsUser)"
-    assert 'ENTRYPOINT ["htvs"]' in runtime
+    # an init as process 1 (forwards SIGTERM to htvs; a bare process 1 ignores signals it has no handler for)
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "htvs"]' in runtime
+    assert re.search(r"apt-get install -y --no-install-recommends [^\n]*\btini\b", text), "tini installed"
     assert "EXPOSE 50051 9090" in runtime
     for line in re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, re.MULTILINE):
         assert ":" in line and not line.endswith(":latest"), f"base image not pinned: {line}"
