@@ -31,6 +31,7 @@ COUNTED: dict[str, str] = {
     "substitutions": "substitutions",
     "unique_formulas": "formulas",
     "predicted": "formulas",
+    "charge_balanced": "formulas",
     "e_form_and_hull": "formulas",
     "band_gap": "formulas",
     "oxidation_window": "formulas",
@@ -53,6 +54,7 @@ LABELS: dict[str, str] = {
     "substitutions": "stage 1: substitutions",
     "unique_formulas": "stage 1: unique formulas",
     "predicted": "stage 2: predicted by the composition models",
+    "charge_balanced": "stage 3: charge-balance filter",
     "e_form_and_hull": "stage 3: E_f and E_hull filter",
     "band_gap": "stage 3: band-gap filter",
     "oxidation_window": "stage 3: oxidation-limit filter",
@@ -112,6 +114,8 @@ def threshold_text(key: str, config: dict[str, Any] | None) -> str:
                          + ("the paper's 28 elements" if pool is None else f"{len(pool)} elements"),
         "unique_formulas": "distinct reduced formulas",
         "predicted": "E_f and band-gap ensembles give a finite prediction",
+        "charge_balanced": ("known oxidation states summing to zero (screening.charge_balance on)"
+                            if s.get("charge_balance") else "off (screening.charge_balance false): all pass"),
         "e_form_and_hull": f"max_e_form = {_number(s.get('max_e_form_ev_per_atom'))} eV/atom and "
                            f"max_e_above_hull = {_number(s.get('max_e_above_hull_ev_per_atom'))} eV/atom" + prob,
         "band_gap": f"min_band_gap = {_number(s.get('min_band_gap_ev'))} eV" + prob,

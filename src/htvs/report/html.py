@@ -92,7 +92,8 @@ def figure(uri: str | None, caption: str) -> str:
     """An inline figure, or the caption as a note when there is no figure."""
     if uri is None:
         return f'<p class="muted">{esc(caption)}</p>'
-    return f'<figure><img src="{uri}" alt="{esc(caption)}"><figcaption class="muted">{esc(caption)}</figcaption></figure>'
+    return (f'<figure><img src="{uri}" alt="{esc(caption)}">'
+            f'<figcaption class="muted">{esc(caption)}</figcaption></figure>')
 
 
 def funnel_table(rows: list[FunnelRow]) -> str:

@@ -40,7 +40,8 @@ def model_summary(role: str, folder: str | Path) -> dict[str, Any]:
         except (OSError, ValueError):
             card = {}
         if isinstance(card, dict):
-            summary["format"] = card.get("format") or card.get("model") or card.get("name")
+            summary["format"] = next((card[k] for k in ("format", "model", "name") if isinstance(card.get(k), str)),
+                                     None)
             summary["target"] = card.get("target")
             summary["date"] = card.get("exported") or card.get("trained")
             members = card.get("models") or card.get("members")
