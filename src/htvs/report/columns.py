@@ -104,8 +104,9 @@ REPORT_CANDIDATES = (
     Column("origin", NO_UNIT, "substitution or generated"),
     Column("window", "V vs Li/Li+", "electrochemical window φ_red–φ_ox from the predicted E_f; the relaxed "
            "one when validated"),
-    Column("decomposition products", NO_UNIT, "phases formed at φ_red (reduction) and φ_ox (oxidation); for "
-           "a validated structure also the hull phases it decomposes into"),
+    Column("decomposition products", NO_UNIT, "phases formed at φ_red (reduction) and φ_ox (oxidation) of the "
+           "predicted window; for a validated structure instead the hull phases (atomic fractions) its relaxed "
+           "energy decomposes into"),
     Column("E_hull predicted", "eV/atom", "E_hull from the composition model's E_f"),
     Column("E_hull relaxed", "eV/atom", "E_hull after relaxation: stage 7 when validated, else the relax "
            "step (CHGNet hull); empty when not relaxed"),
