@@ -38,7 +38,12 @@ HELM_SDKPY = "helm-sdkpy==0.1.32"
 RELEASE = "test-release"  # the release name Helm's lint renders with
 FULLNAME = f"{RELEASE}-htvs"
 SEVERITY = {0: "unknown", 1: "info", 2: "warning", 3: "error"}
-CASES = ["default", *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))]
+# the CI cases, and the examples the README tells users to install with (as "example-NAME")
+CASES = [
+    "default",
+    *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")),
+    *sorted("example-" + p.name.removesuffix("-values.yaml") for p in (CHART / "examples").glob("*-values.yaml")),
+]
 
 LINT_SCRIPT = r'''
 """Lint chart copies with helm-sdkpy; print one JSON object {chart_dir: result} on stdout."""
@@ -117,7 +122,11 @@ def case_values(case: str) -> dict:
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     if case == "default":
         return defaults
-    return merge_values(defaults, yaml.safe_load((CHART / "ci" / f"{case}-values.yaml").read_text()) or {})
+    if case.startswith("example-"):
+        path = CHART / "examples" / f"{case.removeprefix('example-')}-values.yaml"
+    else:
+        path = CHART / "ci" / f"{case}-values.yaml"
+    return merge_values(defaults, yaml.safe_load(path.read_text()) or {})
 
 
 def chart_copy(destination: Path, values: dict, probe_label: str | None = None) -> Path:
