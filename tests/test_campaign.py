@@ -264,7 +264,7 @@ def test_the_stage_graph_is_the_one_definition(tmp_path: Path, models) -> None:
 
     _check_graph()
     assert FUNNEL_ORDER == (
-        "prototypes", "substitutions", "unique_formulas", "predicted", "e_form_and_hull", "band_gap",
+        "prototypes", "substitutions", "unique_formulas", "predicted", "charge_balanced", "e_form_and_hull", "band_gap",
         "oxidation_window", "generated_formulas", "generated_samples", "generated_accepted", "structures",
         "unique_structures", "relaxed", "relaxed_stable", "scored_structures", "superionic_shortlist",
         "validated", "validated_stable",

@@ -6,6 +6,10 @@ hull), then band gap, then oxidation potential phi_ox from the Li grand-potentia
 Filters apply in that order; windows are only computed for formulas that pass the first two,
 which is where the cost is.
 
+Every row gets ``charge_balanced``: whether its elements can take known oxidation states that
+sum to zero (:mod:`htvs.charge_balance`). With ``config.charge_balance`` (off in the paper's
+screen) that is a filter before all the others, counted in the funnel as ``charge_balanced``.
+
 Two rules decide what passes (``CompositionScreenConfig.rule``):
 
 * ``deterministic`` (the paper's, the default): the thresholds applied to the ensemble mean.
@@ -387,9 +391,10 @@ def screen_compositions(
             the funnel of the deterministic rule (the probabilistic rule needs them).
 
     Returns:
-        The input columns plus ``e_above_hull``, ``phi_red``, ``phi_ox`` (at the mean), the
-        probabilities :data:`PROBABILITY_COLUMNS`, one boolean column per filter, ``passed``
-        and ``screen_error``; the funnel counts. ``e_above_hull`` is set for the rows that passed
+        The input columns plus ``charge_balanced``, ``e_above_hull``, ``phi_red``, ``phi_ox``
+        (at the mean), the probabilities :data:`PROBABILITY_COLUMNS`, one boolean column per
+        filter (``passed_charge_balance`` only when that filter is on), ``passed`` and
+        ``screen_error``; the funnel counts (``charge_balanced`` only when that filter is on). ``e_above_hull`` is set for the rows that passed
         the E_f threshold (deterministic) or for every predicted row (probabilistic); the
         windows for the rows that passed the band-gap filter.
 
@@ -410,13 +415,15 @@ def screen_compositions(
     table["phi_red"] = np.nan
     table["phi_ox"] = np.nan
     table["screen_error"] = None
+    balanced = _charge_balance_column(table)
+    eligible = predicted & balanced if config.charge_balance else predicted
 
     # E_above_hull at the mean and the reference energy: of every predicted row for the
     # probabilistic rule, of the rows under the E_f threshold (the only ones it can pass) for the
     # deterministic one
     with np.errstate(invalid="ignore"):
-        under_e_form = predicted & (e_form <= config.max_e_form_ev_per_atom)
-    rows = np.flatnonzero(predicted if probabilistic else under_e_form)
+        under_e_form = eligible & (e_form <= config.max_e_form_ev_per_atom)
+    rows = np.flatnonzero(eligible if probabilistic else under_e_form)
     total = rows.size
     if progress:
         progress("hull", 0, total)
@@ -453,12 +460,12 @@ def screen_compositions(
 
     # the probabilistic rule needs them for every predicted row; the deterministic one computes
     # them for its survivors only (they carry them on), once they are known
-    p = probabilities_of(np.flatnonzero(predicted)) if probabilistic else None
+    p = probabilities_of(np.flatnonzero(eligible)) if probabilistic else None
 
     with np.errstate(invalid="ignore"):
         if probabilistic:
-            reported = predicted
-            pass_stability = predicted & (p.p_e_form_and_hull >= config.min_probability)
+            reported = eligible
+            pass_stability = eligible & (p.p_e_form_and_hull >= config.min_probability)
             pass_gap = pass_stability & (p.p_e_form_and_hull * p.p_band_gap >= config.min_probability)
         else:
             reported = under_e_form
@@ -505,15 +512,32 @@ def screen_compositions(
 
     for name in PROBABILITY_COLUMNS:
         table[name] = getattr(p, name)
+    if config.charge_balance:
+        table["passed_charge_balance"] = eligible
     table["passed_e_form_and_hull"] = pass_stability
     table["passed_band_gap"] = pass_gap
     table["passed_oxidation_window"] = pass_window
     table["passed"] = pass_window
-    funnel = {
-        "formulas": int(n),
-        "predicted": int(predicted.sum()),
+    funnel = {"formulas": int(n), "predicted": int(predicted.sum())}
+    if config.charge_balance:
+        funnel["charge_balanced"] = int(eligible.sum())
+    funnel |= {
         "e_form_and_hull": int(pass_stability.sum()),
         "band_gap": int(pass_gap.sum()),
         "oxidation_window": int(pass_window.sum()),
     }
     return ScreenResult(table=table, funnel=funnel)
+
+
+def _charge_balance_column(table: pd.DataFrame) -> np.ndarray:
+    """Set ``table["charge_balanced"]`` (:func:`htvs.charge_balance.charge_balanced`) and return it;
+    a formula that cannot be read is False, with its message in ``screen_error``."""
+    from htvs.charge_balance import charge_balanced
+
+    formulas = [f if isinstance(f, str) else "" for f in table["formula"].tolist()]
+    balanced, errors = charge_balanced(formulas)
+    table["charge_balanced"] = balanced
+    for i, message in errors.items():
+        if table.at[i, "screen_error"] is None:
+            table.at[i, "screen_error"] = message
+    return balanced

@@ -6,6 +6,11 @@ ensemble mean (``rule="deterministic"``). ``rule="probabilistic"`` applies the s
 to the ensemble's Gaussian (mean, std) instead: a formula passes when the probability that all
 four hold is at least ``min_probability`` (see :func:`htvs.screening.screen_compositions`). The
 campaign config, the ``htvs screen`` options and the gRPC service take their defaults from here.
+
+``charge_balance`` adds a filter before the others (:mod:`htvs.charge_balance`): only formulas
+whose elements can take known oxidation states summing to zero go on. The paper had no such
+filter, so it is off here and in :data:`PAPER_THRESHOLDS`; the campaign config turns it on by
+default (``screening.charge_balance``), and ``configs/paper.yaml`` turns it off.
 This module imports nothing heavy, so the CLI and the config loader can read it at start-up.
 """
 
@@ -39,7 +44,8 @@ class CompositionScreenConfig:
     """Thresholds of composition screening (units in the names; ranges in ``SETTING_RANGES``).
 
     ``rule`` is one of :data:`RULES`; ``min_probability`` is used by the probabilistic rule only
-    (the survivors' probabilities are computed and reported under either rule).
+    (the survivors' probabilities are computed and reported under either rule);
+    ``charge_balance`` keeps only charge-balanced formulas (off: the paper's screen).
     """
 
     max_e_form_ev_per_atom: float = 0.1
@@ -48,12 +54,15 @@ class CompositionScreenConfig:
     min_phi_ox_v: float = 4.0
     rule: str = "deterministic"
     min_probability: float = 0.5
+    charge_balance: bool = False
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if name in SETTING_RANGES:
                 SETTING_RANGES[name].check(name, value)
         check_rule(self.rule)
+        if not isinstance(self.charge_balance, bool):
+            raise InvalidInput(f"charge_balance must be true or false, got {shown(self.charge_balance)}")
 
 
 def check_rule(rule: object) -> str:

@@ -102,7 +102,10 @@ class CompositionSection(_Section):
 class ScreeningSection(_Section):
     """Stage 3 thresholds and rule (the paper's defaults, from :mod:`htvs.screening_config`):
     ``rule`` is ``deterministic`` (thresholds on the ensemble mean) or ``probabilistic`` (the
-    probability that they hold at least ``min_probability``, in (0, 1])."""
+    probability that they hold at least ``min_probability``, in (0, 1]). ``charge_balance``
+    (on by default, the recommended screen; false reproduces the paper) keeps only formulas
+    whose elements can take known oxidation states summing to zero (:mod:`htvs.charge_balance`),
+    before the other filters; the funnel counts them as ``charge_balanced``."""
 
     max_e_form_ev_per_atom: float = PAPER_THRESHOLDS.max_e_form_ev_per_atom
     max_e_above_hull_ev_per_atom: float = PAPER_THRESHOLDS.max_e_above_hull_ev_per_atom
@@ -110,6 +113,7 @@ class ScreeningSection(_Section):
     min_phi_ox_v: float = PAPER_THRESHOLDS.min_phi_ox_v
     rule: str = PAPER_THRESHOLDS.rule
     min_probability: float = PAPER_THRESHOLDS.min_probability
+    charge_balance: bool = True
 
     @classmethod
     def ranges(cls) -> dict[str, Range]:

@@ -260,7 +260,10 @@ def run_screen(
     """Stage 3 on the concatenated predictions of every shard (fan-in).
 
     ``progress(step, done, total)`` sees ``screen hull`` (formulas with E_f under the threshold)
-    and ``screen window`` (formulas that passed E_hull and band gap).
+    and ``screen window`` (formulas that passed E_hull and band gap). The row count
+    ``charge_balanced`` is the formulas left by the charge-balance filter; with
+    ``screening.charge_balance`` off it removes none and equals ``predicted`` (the stage's own
+    funnel.json then has no such key).
     """
     keys = [output_key(m, "predict", "predictions") for m in shards]
 
@@ -272,7 +275,9 @@ def run_screen(
         table_key, funnel_key = f"{prefix}/screen.parquet", f"{prefix}/funnel.json"
         store.put_table(table_key, pa.Table.from_pandas(result.table, preserve_index=False))
         store.put_json(funnel_key, result.funnel)
-        return [table_key, funnel_key], dict(result.funnel), {"screen": time.perf_counter() - start}
+        counts = dict(result.funnel)
+        counts.setdefault("charge_balanced", counts["predicted"])  # filter off: nothing removed
+        return [table_key, funnel_key], counts, {"screen": time.perf_counter() - start}
 
     return run_cached(store, "screen", config.screening, keys, step)
 
