@@ -7,7 +7,7 @@ DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast bench clean protos argo
+.PHONY: install demo test test-fast bench clean protos argo images-test
 
 install: $(STAMP)
 
@@ -54,6 +54,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_thermo.py
 	$(BIN)/python benchmarks/bench_composition_inference.py
 	$(BIN)/python benchmarks/bench_grpc_load.py
+
+## Build the light and full images with podman and smoke-test every service (root; ~30 min; before
+## each release, not in CI). IMAGES_TEST_ARGS, e.g. --skip-build or --dry-run; see --help.
+IMAGES_TEST_ARGS ?=
+images-test: $(STAMP)
+	$(BIN)/python docker/images_test.py $(IMAGES_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-helm $(DEMO_OUT) .pytest_cache build src/*.egg-info
