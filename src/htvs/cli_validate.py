@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from htvs.cli_output import _clear_errors, _emit_json, _stderr
@@ -136,5 +137,11 @@ def _print_summary(payload: dict) -> None:
         f"sigma(300 K) = {fmt(sigma['mean'], '.3g')} mS/cm (windows: {fmt(sigma['low'], '.3g')}–"
         f"{fmt(sigma['high'], '.3g')})"
     )
+    if payload["trusted"]:
+        console.print("[green]no sanity flag: trusted[/]")
+    else:
+        console.print(f"[bold yellow]not trusted: {len(payload['flags'])} sanity flag(s)[/]")
+    for flag in payload["flags"]:
+        console.print(f"[yellow]flag {flag['code']}: {escape(flag['reason'])}[/]", highlight=False)
     for note in payload["notes"]:
         console.print(f"[dim]note: {note}[/]", highlight=False)

@@ -3,7 +3,10 @@
 Takes the ``validation.top_k`` shortlisted structures of stage 6 with the highest P(superionic)
 and runs :func:`htvs.validation.validate_structure` on each (relaxation, E_f / E_hull / window,
 MD at every temperature, D(T), Arrhenius, sigma(300 K)). A structure that cannot be validated
-(refused input, failed relaxation) gets an error row; the others go on.
+(refused input, failed relaxation) gets an error row; the others go on. A result with sanity
+flags (:mod:`htvs.validation.flags`: unconverged relaxation, MD temperature off its set point,
+collapsed or flying-apart atoms, Ea <= 0 or too few temperatures, unphysical sigma) is kept with
+its flags but counted neither as ``validated`` nor as ``validated_stable``.
 
 MD checkpoints live outside the store, in ``validation.workdir`` (default
 ``<system temp>/htvs-validation``), under a folder named after the stage's content-addressed
@@ -28,10 +31,15 @@ from htvs.store import ArtifactStore, StageManifest, run_cached
 
 #: Columns of ``validation.parquet`` (units: eV/atom, V vs Li/Li+, eV, mS/cm; ``origin``: the
 #: structure's, ``substitution`` or ``generated``; ``clscore``: the composition's synthesizability
-#: score, 0..1, above 0.5 likely synthesizable, null when the model cannot score the formula).
+#: score, 0..1, above 0.5 likely synthesizable, null when the model cannot score the formula;
+#: ``flags``: the reasons of :mod:`htvs.validation.flags` joined by "; " (empty: none);
+#: ``trusted``: validated without a flag (False for an error row); ``msd_curves_json``: the
+#: result's ``msd_curves`` as JSON text, temperature in K -> {"t_ps", "msd_li_A2",
+#: "mean_temperature_K"}, "{}" for an error row).
 VALIDATION_COLUMNS = (
     "id", "formula", "origin", "p_superionic", "e_form", "e_above_hull", "phi_red", "phi_ox", "activation_energy_eV",
-    "sigma_300K_mS_cm", "sigma_300K_low_mS_cm", "sigma_300K_high_mS_cm", "stable", "clscore", "error",
+    "sigma_300K_mS_cm", "sigma_300K_low_mS_cm", "sigma_300K_high_mS_cm", "stable", "clscore", "flags", "trusted",
+    "msd_curves_json", "error",
 )  # fmt: skip
 
 
@@ -61,6 +69,9 @@ def _row(candidate: pd.Series, result: dict | None, error: str | None, max_e_hul
         "sigma_300K_high_mS_cm": sigma.get("high"),
         "stable": bool(e_hull is not None and e_hull <= max_e_hull),
         "clscore": _clscore(formula),
+        "flags": "; ".join(f["reason"] for f in (result or {}).get("flags", [])),
+        "trusted": bool(result is not None and result.get("trusted")),
+        "msd_curves_json": json.dumps((result or {}).get("msd_curves") or {}, allow_nan=False),
         "error": error,
     }
 
@@ -129,8 +140,10 @@ def run_validation(
         store.put_table(table_key, pa.Table.from_pandas(frame, preserve_index=False))
         store.put_bytes(json_key, (json.dumps(documents, indent=1) + "\n").encode())
         ok = frame["error"].isna()
-        counts = {"validated": int(ok.sum()), "validated_stable": int((ok & frame["stable"]).sum()),
-                  "errors": int((~ok).sum())}
+        trusted = ok & frame["trusted"].astype(bool)
+        # a flagged result is reported with its flags but not counted as validated
+        counts = {"validated": int(trusted.sum()), "validated_stable": int((trusted & frame["stable"]).sum()),
+                  "flagged": int((ok & ~trusted).sum()), "errors": int((~ok).sum())}
         return [table_key, json_key], counts, {"validate": time.perf_counter() - start}
 
     return run_cached(store, "validate", section, keys, step)

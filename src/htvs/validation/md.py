@@ -83,6 +83,8 @@ class _State:
         self.p_eta: np.ndarray | None = None
         self.frames: list[np.ndarray] = []
         self.framework: list[np.ndarray] = []
+        self.framework_rms: list[float] = []
+        self.framework_start: np.ndarray | None = None  # framework positions at the first frame
         self.temperatures: list[float] = []
         self.n_li = n_li
 
@@ -98,6 +100,8 @@ class _State:
             "li_positions": np.asarray(self.frames, dtype=np.float64).reshape(-1, n_li, 3),
             "framework_mean": np.asarray(self.framework, dtype=np.float64).reshape(-1, 3),
             "frame_temperatures": np.asarray(self.temperatures, dtype=np.float64),
+            "framework_rms": np.asarray(self.framework_rms, dtype=np.float64),
+            "framework_start": self.framework_start if self.framework_start is not None else np.zeros((0, 3)),
         }
 
 
@@ -143,6 +147,11 @@ def _restore(path: Path, settings: dict[str, Any], state: _State) -> None:
     state.frames = list(saved["li_positions"])
     state.framework = list(saved["framework_mean"])
     state.temperatures = [float(t) for t in saved["frame_temperatures"]]
+    # checkpoints written before these were recorded resume with NaN for the frames they hold
+    rms = saved.get("framework_rms", np.zeros(0))
+    state.framework_rms = [float(x) for x in rms] + [math.nan] * (len(state.frames) - len(rms))
+    start = saved.get("framework_start", np.zeros((0, 3)))
+    state.framework_start = start.copy() if start.size else None
 
 
 def _thermostat(nvt):
@@ -236,9 +245,14 @@ def run_md(
     def record() -> None:
         state.frames.append(atoms.positions[li].copy())
         if framework.size:
-            state.framework.append(atoms.positions[framework].mean(axis=0))
+            here = atoms.positions[framework]
+            state.framework.append(here.mean(axis=0))
+            if not state.frames[:-1]:
+                state.framework_start = here.copy()
+            state.framework_rms.append(_rms_displacement(here, state.framework_start))
         else:
             state.framework.append(np.zeros(3))
+            state.framework_rms.append(0.0)
         state.temperatures.append(float(atoms.get_temperature()))
 
     def save() -> None:
@@ -302,7 +316,18 @@ def run_md(
                 f"MD at {temperature_k:g} K stopped after {state.step} of {total} steps"
                 + (f"; checkpoint {path}" if path is not None else "")
             )
+    state.positions = atoms.get_positions()
     return _trajectory(structure, state, temperature_k, config, li, framework)
+
+
+def _rms_displacement(positions: np.ndarray, start: np.ndarray | None) -> float:
+    """Root-mean-square displacement of ``positions`` from ``start`` after removing their mean
+    (the drift), Å; NaN without a start (a resumed run of an older checkpoint)."""
+    if start is None or start.shape != positions.shape:
+        return math.nan
+    moved = positions - start
+    moved -= moved.mean(axis=0)
+    return float(np.sqrt((moved**2).sum(axis=1).mean()))
 
 
 def _trajectory(
@@ -320,5 +345,7 @@ def _trajectory(
         li_positions=frames,
         framework_displacement=drift,
         mean_temperature_k=float(temps.mean()) if temps.size else math.nan,
+        framework_rms_displacement=np.asarray(state.framework_rms, dtype=np.float64),
+        final_positions=np.asarray(state.positions, dtype=np.float64).copy(),
     )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from htvs.prototypes.readers import structure_from_json
 from htvs.thermo import ReferenceHull
 from htvs.validation.backends import Backend
 from htvs.validation.config import ValidationConfig
+from htvs.validation.flags import validation_flags
 from htvs.validation.transport import conductivity_from_trajectories
 from htvs.validation.inputs import check_structure, make_supercell
 from htvs.validation.md import checkpoint_step
@@ -185,21 +185,10 @@ def validate_structure(
     progress(ValidationProgress("analysis", "MSD -> D(T) -> Arrhenius -> sigma(300 K)", fraction=1.0))
     conductivity = conductivity_from_trajectories(trajectories, config.analysis)
     notes = [MLIP_NOTE, HULL_NOTE] if backend.name == "mlip" else [HULL_NOTE]
-    if not relaxed.converged:
-        notes.append(
-            f"relaxation stopped after {relaxed.n_steps} steps at max force "
-            f"{relaxed.max_force_ev_per_angstrom:.3f} eV/Å (fmax {config.relax.fmax_ev_per_angstrom})"
-        )
     for window, reason in conductivity.skipped_windows:
         notes.append(f"production window {window:g} ps skipped: {reason}")
-    for trajectory in trajectories:
-        if math.isfinite(trajectory.mean_temperature_k) and abs(
-            trajectory.mean_temperature_k - trajectory.temperature_k
-        ) > 0.2 * trajectory.temperature_k:
-            notes.append(
-                f"mean production temperature {trajectory.mean_temperature_k:.0f} K differs from "
-                f"{trajectory.temperature_k:g} K by more than 20 %"
-            )
+    # an unconverged relaxation, a temperature off its set point ...: flags, not notes
+    flags = validation_flags(structure, relaxed, trajectories, conductivity, config.relax.fmax_ev_per_angstrom)
     result = ValidationResult(
         id=structure_id,
         backend=backend.name,
@@ -208,10 +197,13 @@ def validate_structure(
         conductivity=conductivity,
         supercell_atoms=len(supercell),
         notes=tuple(notes),
+        flags=flags,
     )
     if work is not None:
         write_json_atomic(result.to_dict(), work / RESULT_FILE)
-    progress(ValidationProgress("done", f"sigma(300 K) = {conductivity.sigma_mean_mS_cm:.3g} mS/cm", fraction=1.0))
+    verdict = "trusted" if result.trusted else f"{len(flags)} flag(s): {flags[0].code}" + (", ..." if len(flags) > 1 else "")
+    progress(ValidationProgress("done", f"sigma(300 K) = {conductivity.sigma_mean_mS_cm:.3g} mS/cm; {verdict}",
+                                fraction=1.0))
     return result
 
 

@@ -119,6 +119,11 @@ class MDTrajectory:
         framework_displacement: ``(n_frames, 3)`` mean displacement of the non-Li atoms since
             the first frame, Å (the drift correction).
         mean_temperature_k: average instantaneous temperature over production, K.
+        framework_rms_displacement: ``(n_frames,)`` root-mean-square displacement of the non-Li
+            atoms since the first frame, drift removed, Å (None: not recorded). A few tenths of
+            an Å is thermal vibration; Å upwards means the framework melts or flies apart.
+        final_positions: ``(n_atoms, 3)`` Cartesian positions of every atom at the end of the
+            run, Å (None: not recorded), for the closest-contact check.
     """
 
     temperature_k: float
@@ -128,6 +133,8 @@ class MDTrajectory:
     li_positions: np.ndarray = field(repr=False)
     framework_displacement: np.ndarray = field(repr=False)
     mean_temperature_k: float = math.nan
+    framework_rms_displacement: np.ndarray | None = field(default=None, repr=False)
+    final_positions: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_frames(self) -> int:
@@ -152,6 +159,8 @@ class MDTrajectory:
             self.li_positions[:n_frames],
             self.framework_displacement[:n_frames],
             self.mean_temperature_k,
+            None if self.framework_rms_displacement is None else self.framework_rms_displacement[:n_frames],
+            self.final_positions,
         )
 
 
@@ -165,6 +174,10 @@ class DiffusivityEstimate:
         diffusivity_cm2_s: D, cm^2/s.
         diffusivity_std_cm2_s: statistical standard error of D from the MSD fit, cm^2/s.
         conductivity_mS_cm: Nernst–Einstein sigma at this temperature, mS/cm.
+        mean_temperature_k: the run's mean production temperature, K (NaN: not known).
+        msd_t_ps, msd_li_a2: the Li mean-square displacement the fit used (drift-corrected,
+            averaged as the smoothing says), against the lag time: ps and Å^2, at most
+            :data:`MAX_MSD_POINTS` points (evenly thinned).
     """
 
     temperature_k: float
@@ -172,6 +185,9 @@ class DiffusivityEstimate:
     diffusivity_cm2_s: float
     diffusivity_std_cm2_s: float
     conductivity_mS_cm: float
+    mean_temperature_k: float = math.nan
+    msd_t_ps: tuple[float, ...] = ()
+    msd_li_a2: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,6 +244,32 @@ def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+#: Most points of an MSD curve kept in a result (a report plots them).
+MAX_MSD_POINTS = 200
+
+
+def thinned(values: np.ndarray, most: int = MAX_MSD_POINTS) -> np.ndarray:
+    """At most ``most`` evenly spaced items of ``values``, the first and the last kept."""
+    values = np.asarray(values)
+    if len(values) <= most:
+        return values
+    return values[np.unique(np.linspace(0, len(values) - 1, most).round().astype(int))]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A reason not to trust a validation result.
+
+    Attributes:
+        code: a short stable name (``relax_unconverged``, ``md_temperature``, ...; see
+            :mod:`htvs.validation.flags`).
+        reason: one human line naming the value and the bound it broke.
+    """
+
+    code: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class ValidationResult:
     """The outcome of stage 7 for one structure.
@@ -240,6 +282,8 @@ class ValidationResult:
         conductivity: D(T), Ea and sigma(300 K); None when no temperature was asked for.
         supercell_atoms: atoms in the MD cell.
         notes: caveats worth reading next to the numbers.
+        flags: reasons not to trust the result (:mod:`htvs.validation.flags`); a flagged result
+            is not counted as validated.
     """
 
     id: str
@@ -249,9 +293,20 @@ class ValidationResult:
     conductivity: ConductivityResult | None
     supercell_atoms: int = 0
     notes: tuple[str, ...] = ()
+    flags: tuple[Flag, ...] = ()
+
+    @property
+    def trusted(self) -> bool:
+        """No flag was raised."""
+        return not self.flags
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of ``htvs validate --json`` (units: see the keys' docs)."""
+        """The JSON document of ``htvs validate --json`` (units: see the keys' docs).
+
+        ``flags`` lists ``{"code", "reason"}`` of every flag and ``trusted`` is True without any;
+        ``msd_curves`` maps each temperature (K, as text) to ``{"t_ps", "msd_li_A2",
+        "mean_temperature_K"}``: the Li MSD the diffusivity was fitted to, at most
+        :data:`MAX_MSD_POINTS` points, and the run's mean production temperature."""
         stability = self.stability
         out: dict[str, Any] = {
             "id": self.id,
@@ -270,6 +325,9 @@ class ValidationResult:
             "activation_energy_std_eV": None,
             "sigma_300K_mS_cm": {"mean": None, "low": None, "high": None, "std_log10": None},
             "notes": list(self.notes),
+            "flags": [{"code": f.code, "reason": f.reason} for f in self.flags],
+            "trusted": self.trusted,
+            "msd_curves": {},
         }
         cond = self.conductivity
         if cond is not None:
@@ -286,4 +344,12 @@ class ValidationResult:
                 "std_log10": _finite(cond.sigma_std_log10),
             }
             out["windows_ps"] = [fit.window_ps for fit in cond.fits]
+            out["msd_curves"] = {
+                f"{d.temperature_k:g}": {
+                    "t_ps": [_finite(t) for t in d.msd_t_ps],
+                    "msd_li_A2": [_finite(m) for m in d.msd_li_a2],
+                    "mean_temperature_K": _finite(d.mean_temperature_k),
+                }
+                for d in cond.diffusivities
+            }
         return out

@@ -33,7 +33,7 @@ from pymatgen.core import Structure
 
 from htvs.errors import InvalidInput
 from htvs.validation.config import AnalysisConfig
-from htvs.validation.records import ArrheniusFit, ConductivityResult, DiffusivityEstimate, MDTrajectory
+from htvs.validation.records import ArrheniusFit, ConductivityResult, DiffusivityEstimate, MDTrajectory, thinned
 
 LI = "Li"
 
@@ -112,12 +112,17 @@ def estimate_diffusivity(trajectory: MDTrajectory, config: AnalysisConfig | None
             ) from exc
     diffusivity = float(analyzer.diffusivity)
     std = _li_bootstrap_std(analyzer, smoothed, config)
+    lag_ps = thinned(np.asarray(analyzer.dt, dtype=np.float64) / 1000.0)
+    msd_a2 = thinned(np.asarray(analyzer.msd, dtype=np.float64))
     return DiffusivityEstimate(
         temperature_k=trajectory.temperature_k,
         window_ps=trajectory.duration_ps,
         diffusivity_cm2_s=diffusivity,
         diffusivity_std_cm2_s=std,
         conductivity_mS_cm=float(analyzer.conductivity),
+        mean_temperature_k=float(trajectory.mean_temperature_k),
+        msd_t_ps=tuple(lag_ps.tolist()),
+        msd_li_a2=tuple(msd_a2.tolist()),
     )
 
 
