@@ -242,7 +242,7 @@ def test_stage_7_validates_the_shortlist_with_chgnet(tmp_path: Path, models) -> 
                                         conductivity={"min_p_superionic": 0.0}))
     funnel = run_campaign(config, open_store(tmp_path / "store"), tmp_path / "out")
     table = pd.read_parquet(tmp_path / "out" / "validation.parquet")
-    assert len(table) == 1 and funnel["validated"] + int(table["error"].notna().sum()) == 1
+    assert len(table) == 1 and funnel["validated"] == int(table["trusted"].sum())  # flagged: not validated
     scored = pd.read_parquet(tmp_path / "out" / "conductivity.parquet")
     assert table["id"].iloc[0] == scored["id"].iloc[0]  # the most probable superionic structure
     assert table["origin"].iloc[0] == scored["origin"].iloc[0] == "substitution"  # generation is off
@@ -251,7 +251,8 @@ def test_stage_7_validates_the_shortlist_with_chgnet(tmp_path: Path, models) -> 
     if table["error"].isna().all():
         row = table.iloc[0]
         assert np.isfinite([row["e_form"], row["e_above_hull"], row["sigma_300K_mS_cm"]]).all()
-        assert funnel["validated_stable"] == int(row["stable"])
+        assert funnel["validated_stable"] == int(row["stable"] and row["trusted"])
+        assert row["trusted"] == (row["flags"] == "")  # a 2-temperature fit is flagged
     assert list(funnel)[-2:] == ["validated", "validated_stable"]
     assert any((tmp_path / "md").iterdir())  # MD checkpoints went to the configured workdir
 

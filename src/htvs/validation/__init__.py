@@ -10,13 +10,14 @@ Typical use::
     result = validate_structure(read_structure_file("Li3ClSO4.cif"), config, backend,
                                 ReferenceHull.bundled(), structure_id="Li3ClSO4", workdir="run/")
     result.to_dict()   # e_form, e_above_hull, phi_red/ox, D(T), Ea, sigma(300 K) mean/low/high
+    result.trusted     # False when a sanity flag was raised (result.flags: code and reason)
 
 Modules: :mod:`~htvs.validation.config` (settings), :mod:`~htvs.validation.inputs` (structures,
 supercells), :mod:`~htvs.validation.mlip` (CHGNet), :mod:`~htvs.validation.vasp` (MP inputs,
 parsing), :mod:`~htvs.validation.md` (protocol, checkpoints), :mod:`~htvs.validation.transport`
 (D, Arrhenius, Nernst–Einstein), :mod:`~htvs.validation.stability` (E_f, E_hull, window),
-:mod:`~htvs.validation.pipeline` (the stage function). Nothing heavy (torch, chgnet, ase) is
-imported until a backend or an MD run needs it.
+:mod:`~htvs.validation.flags` (sanity flags), :mod:`~htvs.validation.pipeline` (the stage
+function). Nothing heavy (torch, chgnet, ase) is imported until a backend or an MD run needs it.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ from htvs.validation.transport import (
     fit_arrhenius_sigma,
     nernst_einstein_mS_cm,
 )
+from htvs.validation.flags import FlagBounds, validation_flags
 from htvs.validation.inputs import make_supercell, read_structure_file, structure_from_cif_text
 from htvs.validation.md import run_md
 from htvs.validation.records import (
     ArrheniusFit,
     ConductivityResult,
     DiffusivityEstimate,
+    Flag,
     MDTrajectory,
     RelaxResult,
     StabilityResult,
@@ -58,6 +61,8 @@ __all__ = [
     "Backend",
     "ConductivityResult",
     "DiffusivityEstimate",
+    "Flag",
+    "FlagBounds",
     "MDConfig",
     "MDTrajectory",
     "RelaxConfig",
@@ -81,4 +86,5 @@ __all__ = [
     "run_md",
     "structure_from_cif_text",
     "validate_structure",
+    "validation_flags",
 ]
