@@ -32,6 +32,7 @@ with apt-get when they are missing (and says so).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -52,6 +53,7 @@ DEFAULT_BASE = "localhost/htvs-base:bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 STOP_LIMIT_S = 5.0
+LOCK = "/var/tmp/htvs-images-test.lock"
 # packages of the local base: Python 3.11 (bookworm's python3) with venv and pip, CA certificates;
 # passwd for groupadd/useradd in the runtime stage is part of minbase
 BASE_PACKAGES = ["python3", "python3-venv", "python3-pip", "python-is-python3", "ca-certificates"]
@@ -698,7 +700,15 @@ def main(argv: list[str] | None = None) -> int:
     builds: list[Built] = []
     checks: list[Check] = []
     code = 0
+    lock = None
     try:
+        if not args.dry_run:
+            # one run at a time: a second run's `podman image prune` would delete the first's build cache
+            lock = open(LOCK, "w")  # noqa: SIM115 - held until the process exits
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                raise Failure(f"another images-test run holds {LOCK}; wait for it to finish") from error
         preflight(args, runner)
         if not args.skip_build and any(name != "gpu" for name in args.images):
             summary["base"] = make_base(args, runner)
