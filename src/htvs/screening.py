@@ -415,7 +415,7 @@ def screen_compositions(
     table["phi_red"] = np.nan
     table["phi_ox"] = np.nan
     table["screen_error"] = None
-    balanced = _charge_balance_column(table)
+    balanced = _charge_balance_column(table, predicted)
     eligible = predicted & balanced if config.charge_balance else predicted
 
     # E_above_hull at the mean and the reference energy: of every predicted row for the
@@ -529,15 +529,16 @@ def screen_compositions(
     return ScreenResult(table=table, funnel=funnel)
 
 
-def _charge_balance_column(table: pd.DataFrame) -> np.ndarray:
+def _charge_balance_column(table: pd.DataFrame, predicted: np.ndarray) -> np.ndarray:
     """Set ``table["charge_balanced"]`` (:func:`htvs.charge_balance.charge_balanced`) and return it;
-    a formula that cannot be read is False, with its message in ``screen_error``."""
+    a formula that cannot be read is False, with its message in ``screen_error`` when the row was
+    predicted (a row with a prediction error keeps that error alone)."""
     from htvs.charge_balance import charge_balanced
 
     formulas = [f if isinstance(f, str) else "" for f in table["formula"].tolist()]
     balanced, errors = charge_balanced(formulas)
     table["charge_balanced"] = balanced
     for i, message in errors.items():
-        if table.at[i, "screen_error"] is None:
+        if predicted[i] and table.at[i, "screen_error"] is None:
             table.at[i, "screen_error"] = message
     return balanced
