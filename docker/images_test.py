@@ -627,11 +627,14 @@ def table(builds: list[Built], checks: list[Check]) -> str:
     for b in builds:
         build_s = f"{b.build_s:.0f} s" if b.build_s is not None else "-"
         lines.append(f"{b.image:<7} {b.status:<8} {build_s:<9} {human(b.size_bytes):<9} {b.tag} {b.note}")
-    lines += ["", "service       image  health       uid    read-only  request  metrics  stop", "-" * 96]
+    lines += ["", "service       image  health        uid    read-only  request  metrics  SIGTERM             result",
+              "-" * 100]
     for c in checks:
-        health = f"{c.health} {c.health_s:.0f}s" if c.health_s is not None else c.health[:30]
-        lines.append(f"{c.service:<13} {c.image:<6} {health:<12} {c.uid:<6} {c.read_only[:9]:<10} "
-                     f"{c.request[:7]:<8} {c.metrics[:7]:<8} {c.stop}  {verdict(c)}")
+        health = f"SERVING {c.health_s:.0f} s" if c.health == "SERVING" else c.health[:12]
+        read_only = "yes" if c.read_only.startswith("yes") else c.read_only[:9]
+        request = "ok" if c.request.startswith("ok") else c.request[:7]
+        lines.append(f"{c.service:<13} {c.image:<6} {health:<13} {c.uid[:6]:<6} {read_only:<10} {request:<8} "
+                     f"{c.metrics[:7]:<8} {c.stop[:19]:<19} {verdict(c)}")
     for c in checks:
         lines.append(f"  {c.service}: {c.request}")
     return "\n".join(lines)
