@@ -705,12 +705,14 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     lock = None
     try:
+        if not args.dry_run and os.geteuid() != 0:
+            raise Failure(f"run as root (podman's system storage, debootstrap); this is uid {os.geteuid()}")
         if not args.dry_run:
             # one run at a time: a second run's `podman image prune` would delete the first's build cache
-            lock = open(LOCK, "w")  # noqa: SIM115 - held until the process exits
             try:
+                lock = open(LOCK, "w")  # noqa: SIM115 - held until the process exits
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
+            except BlockingIOError as error:
                 raise Failure(f"another images-test run holds {LOCK}; wait for it to finish") from error
         preflight(args, runner)
         if not args.skip_build and any(name != "gpu" for name in args.images):
