@@ -55,7 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_composition_inference.py
 	$(BIN)/python benchmarks/bench_grpc_load.py
 
-## Build the light and full images with podman and smoke-test every service (root; ~30 min; before
+## Build the light and full images with podman and smoke-test every service (root; 16-25 min; before
 ## each release, not in CI). IMAGES_TEST_ARGS, e.g. --skip-build or --dry-run; see --help.
 IMAGES_TEST_ARGS ?=
 images-test: $(STAMP)
