@@ -60,12 +60,13 @@ def _training_device(spec: str) -> str:
 
 def _evaluate(run: Path, n_structures: int, seed: int, threads: int, data: str = "mp20",
               samples: tuple[int, ...] | list[int] = (1, 20), li_structures: int = 100,
-              max_atoms_per_call: int = 2_000) -> dict:
+              max_atoms_per_call: int = 2_000, init: str = "noise", t_start: float = 1.0,
+              split: str = "test") -> dict:
     from htvs.generation.evaluate import evaluate_run
 
     metrics = evaluate_run(run, n_structures=n_structures, seed=seed, threads=threads, data=data, samples=samples,
-                           li_structures=li_structures, max_atoms_per_call=max_atoms_per_call,
-                           log=lambda line: print(line, flush=True))
+                           li_structures=li_structures, max_atoms_per_call=max_atoms_per_call, init=init,
+                           t_start=t_start, split=split, log=lambda line: print(line, flush=True))
     print(json.dumps(metrics, indent=1), flush=True)
     return metrics
 
@@ -81,12 +82,17 @@ def evaluate_generator(
     seed: int = typer.Option(0, help="Seed of the subsets, the samples and the baselines."),
     threads: int = typer.Option(1, help="torch intra-op threads."),
     max_atoms_per_call: int = typer.Option(2_000, help="Atoms per batched sampling call (bounds the memory)."),
+    init: str = typer.Option("noise", help="Start of the model's reverse loop: noise (pure noise at step T) or "
+                                           "template (the template baseline's structure noised to --t-start)."),
+    t_start: float = typer.Option(1.0, "--t-start", help="With --init template: starting fraction of the "
+                                                         "diffusion steps, in (0, 1]."),
+    split: str = typer.Option("test", help="Evaluated part: test, or val (mp20) to choose settings."),
 ) -> None:
     """CSP match rate and normalized RMSE (best of K samples per composition) of the run, of a random
     baseline and of a template baseline, on the whole subset and on Li ternary/quaternary structures."""
     with _clear_errors():
         _evaluate(run, n_structures, seed, threads, data=data, samples=samples, li_structures=li_structures,
-                  max_atoms_per_call=max_atoms_per_call)
+                  max_atoms_per_call=max_atoms_per_call, init=init, t_start=t_start, split=split)
 
 
 def export_generator(

@@ -42,6 +42,8 @@ PUBLISHED_DIFFCSP = {
     "mp20": {"1": {"match_rate": 0.5149, "rmse": 0.0631}, "20": {"match_rate": 0.7793, "rmse": 0.0492}},
     "perov5": {"1": {"match_rate": 0.5202, "rmse": 0.0760}, "20": {"match_rate": 0.9860, "rmse": 0.0128}},
 }
+#: Parts of a dataset that can be evaluated (val: for choosing settings such as t_start).
+SPLITS = ("test", "val")
 MIN_DISTANCE_A = 0.5
 MIN_VOLUME_A3 = 0.1
 
@@ -122,13 +124,19 @@ def evaluation_subsets(test: CrystalArrays, n_structures: int, li_structures: in
     return main, np.sort(np.random.default_rng([seed, 1]).choice(li_all, size=size, replace=False))
 
 
-def load_dataset(name: str) -> tuple[CrystalArrays, CrystalArrays, dict[str, int | str]]:
-    """Training crystals, test crystals and split sizes of dataset ``name`` (see :data:`DATASETS`)."""
+def load_dataset(name: str, split: str = "test") -> tuple[CrystalArrays, CrystalArrays, dict[str, int | str]]:
+    """Training crystals, evaluated crystals (the ``split`` part: ``test``, or ``val`` for mp20,
+    to choose settings without looking at test) and split sizes of dataset ``name``."""
+    if split not in SPLITS:
+        raise InvalidInput(f"evaluated split must be one of {SPLITS}, got {split!r}")
     if name == "mp20":
         from htvs.generation.mp_data import load_mp20
 
-        train, test = load_mp20("train"), load_mp20("test")
-        return train, test, {"train": len(train), "val": len(load_mp20("val")), "test": len(test)}
+        train, test, val = load_mp20("train"), load_mp20("test"), load_mp20("val")
+        return train, (val if split == "val" else test), {"train": len(train), "val": len(val), "test": len(test)}
+    if split != "test":
+        raise InvalidInput(f"perov5 has no validation part apart from the training one; split must be 'test', "
+                           f"got {split!r}")
     from htvs.generation.data import load_perov5
 
     train, test = load_perov5("val"), load_perov5("test")
@@ -207,6 +215,9 @@ def evaluate_run(
     samples: Sequence[int] = (1, 20),
     li_structures: int = 100,
     max_atoms_per_call: int = ATOMS_PER_CALL,
+    init: str = "noise",
+    t_start: float = 1.0,
+    split: str = "test",
 ) -> dict:
     """Score the run's EMA model and the two baselines on the same test structures for each K in
     ``samples``; writes ``run_dir/metrics.json`` (atomically) and returns it.
@@ -217,6 +228,10 @@ def evaluate_run(
         li_structures: size of the separate Li ternary/quaternary sample (0: those of the subset).
         max_atoms_per_call: atoms per batched sampling call (bounds the memory; a cell larger than
             this is sampled alone).
+        init: ``noise`` (the model samples from pure noise at step T) or ``template`` (from the
+            template baseline's structures noised to ``t_start * T``, :mod:`htvs.generation.seeded`).
+        t_start: starting fraction of the diffusion steps for ``init="template"`` (0, 1].
+        split: ``test``, or ``val`` (mp20 only) to choose settings without looking at test.
     """
     import torch
 
@@ -224,13 +239,16 @@ def evaluate_run(
     from htvs.generation.mp_data import li_ternary_quaternary
     from htvs.generation.train import load_run_model
 
+    from htvs.generation.seeded import TemplatePrior, check_init, check_t_start, sample_seeded, start_step
+
     ks = _check(data, n_structures, samples, li_structures, threads, max_atoms_per_call)
+    init, t_start = check_init(init), check_t_start(t_start)
     run = Path(run_dir)
     if not run.is_dir():
         raise InvalidInput(f"run directory {str(run)!r} does not exist")
     torch.set_num_threads(threads)
     model, schedule, settings, trained = load_run_model(run)
-    train, test, sizes = load_dataset(data)
+    train, test, sizes = load_dataset(data, split)
     main, li = evaluation_subsets(test, n_structures, li_structures, seed)
     union = np.union1d(main, li)
     main_rows, li_rows = np.searchsorted(union, main), np.searchsorted(union, li)
@@ -240,15 +258,20 @@ def evaluate_run(
     if untrained:
         log(f"note: {untrained} of {len(union)} test structures hold elements the run never trained on")
     k_max = ks[-1]
-    log(f"CSP on {data} test: {len(main)} structures + {len(li)} Li ternary/quaternary ({len(union)} distinct), "
+    log(f"CSP on {data} {split}: {len(main)} structures + {len(li)} Li ternary/quaternary ({len(union)} distinct), "
         f"K = {ks}, {len(union) * k_max} samples of {schedule.timesteps} steps")
-    started = time.monotonic()
-    drawn = {"model": sample_model(model, schedule, compositions, k_max, seed, step_lr, max_atoms_per_call, log)}
-    sample_seconds = time.monotonic() - started
     volumes = baselines.fit_volume_model(train)
+    library = baselines.template_library(train)
+    started = time.monotonic()
+    if init == "template":
+        drawn = {"model": sample_seeded(model, schedule, compositions, k_max, seed, t_start,
+                                        TemplatePrior(library, volumes), step_lr, max_atoms_per_call, log)}
+    else:
+        drawn = {"model": sample_model(model, schedule, compositions, k_max, seed, step_lr, max_atoms_per_call,
+                                       log)}
+    sample_seconds = time.monotonic() - started
     drawn["random"] = baselines.random_structures(compositions, volumes, k_max, seed)
-    drawn["template"] = baselines.template_structures(compositions, baselines.template_library(train), volumes,
-                                                      k_max, seed)
+    drawn["template"] = baselines.template_structures(compositions, library, volumes, k_max, seed)
     started = time.monotonic()
     scored = {name: rms_matrix(structures, truth, k_max) for name, structures in drawn.items()}
     match_seconds = time.monotonic() - started
@@ -263,8 +286,11 @@ def evaluate_run(
 
     n_sampled = len(union) * k_max
     metrics = {
-        "task": f"CSP on {data} test, best of K samples per composition (DiffCSP protocol)",
+        "task": f"CSP on {data} {split}, best of K samples per composition (DiffCSP protocol)",
         "dataset": data,
+        "split": split,
+        "init": {"kind": init, "t_start": t_start if init == "template" else 1.0,
+                 "start_step": start_step(schedule, t_start) if init == "template" else schedule.timesteps},
         "trained_on": settings.get("data", "perov_5 val"),
         "split_sizes": sizes,
         "test_structures": len(main),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from htvs.errors import InvalidInput
 from htvs.generation.diffusion import DiffusionSchedule
 from htvs.generation.model import CSPDenoiser, fully_connected_edges
 
@@ -38,18 +39,51 @@ def sample_crystals(
 ) -> SampleResult:
     """Sample one structure per entry of ``num_atoms`` with the given atoms (flat, crystal order).
 
+    Starts from pure noise at step T (lattice ~ N(0, 1) Å, coordinates uniform) and runs
+    :func:`denoise_from`.
+
     Args:
         step_lr: Langevin corrector step scale (0 turns the corrector off).
         generator: source of every random number (fixed seed -> identical samples).
         progress: called with the number of steps done.
     """
-    model.eval()
     n_crystals, n_atoms = len(num_atoms), int(num_atoms.sum())
-    edges = fully_connected_edges(num_atoms)
     lattice = torch.randn(n_crystals, 3, 3, generator=generator)
     frac = torch.rand(n_atoms, 3, generator=generator)
+    return denoise_from(model, schedule, atomic_numbers, num_atoms, lattice, frac, schedule.timesteps, generator,
+                        step_lr=step_lr, progress=progress)
+
+
+@torch.no_grad()
+def denoise_from(
+    model: CSPDenoiser,
+    schedule: DiffusionSchedule,
+    atomic_numbers: torch.Tensor,
+    num_atoms: torch.Tensor,
+    lattice: torch.Tensor,
+    frac: torch.Tensor,
+    start_step: int,
+    generator: torch.Generator,
+    step_lr: float = 1e-5,
+    progress: Callable[[int], None] | None = None,
+) -> SampleResult:
+    """Run the reverse loop from step ``start_step`` (1..T) down to 0.
+
+    ``lattice [B, 3, 3]`` (rows, Å) and ``frac [N, 3]`` (in [0, 1)) are the state at
+    ``start_step``: pure noise at T (:func:`sample_crystals`) or a forward-noised structure at an
+    intermediate step (:mod:`htvs.generation.seeded`).
+
+    Args:
+        progress: called with the number of steps done (1..start_step).
+    """
+    if isinstance(start_step, bool) or not 1 <= int(start_step) <= schedule.timesteps:
+        raise InvalidInput(f"start_step must be between 1 and {schedule.timesteps}, got {start_step!r}")
+    model.eval()
+    n_crystals = len(num_atoms)
+    edges = fully_connected_edges(num_atoms)
+    lattice, frac = lattice.float(), torch.remainder(frac.float(), 1.0)
     sigma_1 = float(schedule.sigmas[1])
-    for step in range(schedule.timesteps, 0, -1):
+    for step in range(int(start_step), 0, -1):
         t = torch.full((n_crystals,), step, dtype=torch.long)
         sigma = float(schedule.sigmas[step])
         score_scale = float(schedule.sigma_norms[step]) ** 0.5
@@ -73,7 +107,7 @@ def sample_crystals(
         noise = torch.randn(frac.shape, generator=generator)
         frac = torch.remainder(frac + size * score * score_scale + std * noise, 1.0)
         if progress is not None:
-            progress(schedule.timesteps - step + 1)
+            progress(int(start_step) - step + 1)
     return SampleResult(lattice, frac, num_atoms)
 
 
