@@ -153,3 +153,50 @@ def test_init_must_be_noise_or_template():
     assert check_init("template") == "template"
     with pytest.raises(InvalidInput, match="init must be one of noise, template, got 'prior'"):
         check_init("prior")
+
+
+# ------------------------------------------------------------------------------ evaluation and CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from htvs.generation.mp_data import load_mp20
+    from htvs.generation.train import TrainConfig, train_generator
+
+    run = tmp_path_factory.mktemp("gen-seeded") / "run"
+    config = TrainConfig(max_steps=2, batch_size=8, model=TINY, timesteps=10, data="mp20")
+    train_generator(run, config, log=lambda line: None, crystals=load_mp20("train").subset(np.arange(16)))
+    return run
+
+
+def test_evaluate_run_scores_the_seeded_model_on_val(tiny_run):
+    from htvs.generation.evaluate import evaluate_run
+
+    lines: list[str] = []
+    metrics = evaluate_run(tiny_run, n_structures=3, samples=(2, 1), li_structures=0, seed=1, init="template",
+                           t_start=0.5, split="val", log=lines.append)
+    assert metrics["split"] == "val" and metrics["task"].startswith("CSP on mp20 val")
+    assert metrics["init"] == {"kind": "template", "t_start": 0.5, "start_step": 5}
+    assert set(metrics["per_k"]["2"]) == {"model", "random", "template"}
+    assert metrics["per_k"]["1"]["model"]["n"] == 3
+    assert any("template-started" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--init", "template", "--t-start", "0"], "t_start must be a number in (0, 1]"),
+        (["--init", "template", "--t-start", "1.5"], "got 1.5"),
+        (["--init", "prior"], "got 'prior'"),
+        (["--split", "train"], "got 'train'"),
+    ],
+)
+def test_cli_seeded_options_out_of_range_exit_2(tiny_run, args, message):
+    from typer.testing import CliRunner
+
+    from htvs.cli import EXIT_BAD_INPUT, app
+
+    result = CliRunner().invoke(app, ["train", "generator-evaluate", str(tiny_run), "--n-structures", "2",
+                                      "--samples", "1", *args])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert message in " ".join(result.stderr.split())
