@@ -175,7 +175,7 @@ def test_evaluate_run_scores_model_and_baselines_on_the_same_structures(tiny_run
     only_113 = [i for i in range(len(mp_train)) if ranked_elements(_cell(mp_train, i))[1] == (1, 1, 3)]
     train = mp_train.subset(np.asarray(only_113))
     real = evaluate.load_dataset
-    monkeypatch.setattr(evaluate, "load_dataset", lambda name: (train, *real(name)[1:]))
+    monkeypatch.setattr(evaluate, "load_dataset", lambda name, split="test": (train, *real(name, split)[1:]))
     lines: list[str] = []
     metrics = evaluate_run(tiny_run, n_structures=5, samples=(2, 1), li_structures=3, seed=1, log=lines.append)
     assert metrics["samples"] == [1, 2] and metrics["dataset"] == "mp20"
