@@ -118,7 +118,9 @@ def main() -> None:
     config = BatchRelaxConfig(fmax_ev_per_angstrom=args.fmax, max_steps=args.max_steps, batch_size=args.batch_size)
     print(f"{len(ranked):,} scored structures; shortlist of {n}", flush=True)
 
-    without = judge(shortlist, args.work, model, hull, config, args.max_atoms)
+    without: list[dict] = []
+    for lo in range(0, n, args.batch_size):  # a chunk at a time, so that a killed run keeps its work
+        without.extend(judge(shortlist.iloc[lo: lo + args.batch_size], args.work, model, hull, config, args.max_atoms))
     with_relax: list[dict] = []
     relaxed = 0
     for lo in range(0, len(ranked), args.batch_size):
