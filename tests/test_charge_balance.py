@@ -116,3 +116,12 @@ def test_configs_paper_off_demo_and_default_on() -> None:
     assert load_campaign(ROOT / "configs" / "paper.yaml").screening.charge_balance is False
     with pytest.raises(InvalidInput, match="charge_balance must be true or false"):
         CompositionScreenConfig(charge_balance="yes")  # type: ignore[arg-type]
+
+
+def test_bundled_states_are_smacts_icsd24_list_at_the_default_filter() -> None:
+    """The bundled list equals SMACT's filter output (SMACT comes with the test extra only)."""
+    pytest.importorskip("smact")
+    from htvs.charge_balance import ICSD24_COMMONALITY, ICSD24_CONSENSUS, _bundled_states, _smact_states
+
+    assert _bundled_states() == _smact_states(ICSD24_CONSENSUS, ICSD24_COMMONALITY)
+    assert _bundled_states()["S"] == (-2, 6)

@@ -28,9 +28,10 @@ measured on the 2-core development machine on random formulas of the demo's pred
   formulas tried: 700,000 formulas take under a minute.
 
 Both agree on the known electrolytes (Li3PS4, Li10GeP2S12, Li7La3Zr2O12, Li6PS5Cl, Li3InCl6 pass,
-Na4LiSF12 fails; tested). SMACT is a core dependency for this (it also pulls ase, pandarallel and
-pathos with dill, multiprocess, ppft, pox and psutil; see pyproject.toml). Its data are read on
-first use, not at import.
+Na4LiSF12 fails; tested). The filtered list is bundled (``data/smact/oxidation_states_icsd24_medium.json``,
+written by :func:`write_icsd24_states` from SMACT) and read on first use, not at import: SMACT
+itself pulls ase, pandarallel and pathos, too heavy for the light service images, so it is needed
+only to re-derive the file (the ``test`` extra; a test checks the bundled file against it).
 """
 
 from __future__ import annotations
@@ -72,6 +73,37 @@ def _smact_states(consensus: int, commonality: str) -> dict[str, tuple[int, ...]
     }
 
 
+#: The bundled ICSD-24 list at the default filter (relative to the package's data folder).
+BUNDLED_STATES = "smact/oxidation_states_icsd24_medium.json"
+
+
+def _bundled_states() -> dict[str, tuple[int, ...]]:
+    import gzip
+    import json
+
+    from htvs.datasets import data_path
+
+    with open(data_path(BUNDLED_STATES), "rb") as handle:
+        raw = handle.read()
+    document = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    return {el: tuple(int(q) for q in qs) for el, qs in document["states"].items()}
+
+
+def write_icsd24_states(path) -> None:
+    """Write SMACT's ICSD-24 list at the default filter to ``path`` (JSON; needs SMACT)."""
+    import json
+
+    from htvs.atomic import write_text_atomic
+
+    states = _smact_states(ICSD24_CONSENSUS, ICSD24_COMMONALITY)
+    document = {
+        "source": "SMACT ICSD-24 oxidation states (smact.utils.oxidation.ICSD24OxStatesFilter), MIT licence",
+        "filter": {"consensus": ICSD24_CONSENSUS, "commonality": ICSD24_COMMONALITY, "include_zero": False},
+        "states": {el: list(qs) for el, qs in sorted(states.items())},
+    }
+    write_text_atomic(path, json.dumps(document, indent=1) + "\n")
+
+
 class OxidationStates:
     """Known oxidation states per element, with a cached charge table per element set.
 
@@ -86,7 +118,10 @@ class OxidationStates:
 
     @classmethod
     def icsd24(cls, consensus: int = ICSD24_CONSENSUS, commonality: str = ICSD24_COMMONALITY) -> OxidationStates:
-        """SMACT's ICSD-24 states at the given filter (read now, once per call)."""
+        """SMACT's ICSD-24 states at the given filter: the bundled list at the defaults, else
+        derived from an installed SMACT (read now, once per call)."""
+        if (consensus, commonality) == (ICSD24_CONSENSUS, ICSD24_COMMONALITY):
+            return cls(_bundled_states())
         return cls(_smact_states(consensus, commonality))
 
     def charge_table(self, elements: tuple[str, ...]) -> np.ndarray | None:
