@@ -12,6 +12,10 @@ ternary and quaternary structures, scored on their own. ``K_max`` (the largest K
 drawn per composition and K < K_max is scored on the first K of them: the samples are independent
 draws, so this is the same estimate as a separate run with K samples, at no extra cost.
 
+With ``split="val"`` (mp20) the subsets are drawn from the validation part instead, to choose
+settings (such as the starting step of template-seeded sampling, :mod:`htvs.generation.seeded`)
+without looking at test.
+
 The same structures and K are scored for the two baselines of :mod:`htvs.generation.baselines`
 (random cell and coordinates; a training template with the species swapped).
 """
@@ -243,6 +247,8 @@ def evaluate_run(
 
     ks = _check(data, n_structures, samples, li_structures, threads, max_atoms_per_call)
     init, t_start = check_init(init), check_t_start(t_start)
+    if split not in SPLITS:
+        raise InvalidInput(f"evaluated split must be one of {SPLITS}, got {split!r}")
     run = Path(run_dir)
     if not run.is_dir():
         raise InvalidInput(f"run directory {str(run)!r} does not exist")
