@@ -197,7 +197,9 @@ def test_evaluate_run_scores_model_and_baselines_on_the_same_structures(tiny_run
 
 
 def test_sampling_chunks_bound_the_atoms():
-    chunks = evaluate._chunks([5, 5, 5, 20, 3, 30], 12)
+    from htvs.generation.sampling import atom_chunks
+
+    chunks = atom_chunks([5, 5, 5, 20, 3, 30], 12)
     assert [list(c) for c in chunks] == [[0, 1], [2], [3], [4], [5]]
 
 

@@ -147,28 +147,15 @@ def load_dataset(name: str, split: str = "test") -> tuple[CrystalArrays, Crystal
     return train, test, {"train": len(train), "test": len(test), "train_is": "perov_5 val (train not bundled)"}
 
 
-def _chunks(sizes: Sequence[int], max_atoms: int) -> list[range]:
-    """Consecutive ranges of crystals with at most ``max_atoms`` atoms each (one crystal at least)."""
-    chunks, start, atoms = [], 0, 0
-    for index, n in enumerate(sizes):
-        if atoms and atoms + n > max_atoms:
-            chunks.append(range(start, index))
-            start, atoms = index, 0
-        atoms += n
-    if start < len(sizes):
-        chunks.append(range(start, len(sizes)))
-    return chunks
-
-
 def sample_model(model, schedule, compositions: Sequence[Sequence[int]], k: int, seed: int, step_lr: float,
                  max_atoms_per_call: int, log: Callable[[str], None]) -> list[list]:
     """``k`` samples per composition, batched: one ``sample_crystals`` call per chunk of crystals."""
     import torch
 
-    from htvs.generation.sampling import sample_crystals, to_structures
+    from htvs.generation.sampling import atom_chunks, sample_crystals, to_structures
 
     jobs = [list(map(int, numbers)) for numbers in compositions for _ in range(k)]
-    chunks = _chunks([len(j) for j in jobs], max_atoms_per_call)
+    chunks = atom_chunks([len(j) for j in jobs], max_atoms_per_call)
     cost = np.array([sum(len(jobs[i]) ** 2 for i in chunk) for chunk in chunks], dtype=float)  # edges
     started, structures = time.monotonic(), []
     for c, chunk in enumerate(chunks):

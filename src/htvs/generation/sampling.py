@@ -8,7 +8,7 @@ DDPM ancestral for the lattice, reverse variance-exploding SDE for the coordinat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +109,20 @@ def denoise_from(
         if progress is not None:
             progress(int(start_step) - step + 1)
     return SampleResult(lattice, frac, num_atoms)
+
+
+def atom_chunks(sizes: Sequence[int], max_atoms: int) -> list[range]:
+    """Consecutive ranges of crystals (by their atom counts ``sizes``) with at most ``max_atoms``
+    atoms each, one crystal at least: the crystals denoised together in one batched loop."""
+    chunks, start, atoms = [], 0, 0
+    for index, n in enumerate(sizes):
+        if atoms and atoms + n > max_atoms:
+            chunks.append(range(start, index))
+            start, atoms = index, 0
+        atoms += n
+    if start < len(sizes):
+        chunks.append(range(start, len(sizes)))
+    return chunks
 
 
 def to_structures(result: SampleResult, atomic_numbers: torch.Tensor) -> list:

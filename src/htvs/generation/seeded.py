@@ -123,20 +123,6 @@ def bundled_prior() -> TemplatePrior:
     return TemplatePrior.from_train(load_mp20("train"))
 
 
-def _chunks(sizes: Sequence[int], max_atoms: int) -> list[list[int]]:
-    """Consecutive positions with at most ``max_atoms`` atoms each (one crystal at least)."""
-    chunks: list[list[int]] = []
-    atoms = 0
-    for position, n in enumerate(sizes):
-        if chunks and atoms and atoms + n <= max_atoms:
-            chunks[-1].append(position)
-            atoms += n
-        else:
-            chunks.append([position])
-            atoms = n
-    return chunks
-
-
 def sample_jobs(
     model,
     schedule: DiffusionSchedule,
@@ -153,7 +139,7 @@ def sample_jobs(
     there (their atoms in the starting structure's site order); jobs without one are sampled from
     pure noise at T. Batched in chunks of at most ``max_atoms_per_call`` atoms.
     """
-    from htvs.generation.sampling import denoise_from, sample_crystals, to_structures
+    from htvs.generation.sampling import atom_chunks, denoise_from, sample_crystals, to_structures
 
     t0 = start_step(schedule, t_start)
     out: list = [None] * len(jobs)
@@ -161,7 +147,7 @@ def sample_jobs(
     unseeded = [i for i, (_, s) in enumerate(jobs) if s is None]
     for group, stream, steps in ((seeded, _SEEDED_STREAM, t0), (unseeded, 0, schedule.timesteps)):
         sizes = [len(jobs[i][0]) for i in group]
-        for c, chunk in enumerate(_chunks(sizes, max_atoms_per_call)):
+        for c, chunk in enumerate(atom_chunks(sizes, max_atoms_per_call)):
             members = [group[p] for p in chunk]
             generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + stream + c)
             if log is not None:
