@@ -201,6 +201,39 @@ def test_forest_onnx_matches_scikit_learn_tree_by_tree(tmp_path, kind):
     assert 0 < theirs.p_superionic.mean() < 1 and np.all(theirs.spread >= 0)
 
 
+@pytest.mark.parametrize("kind", ["extra_trees", "random_forest"])
+def test_forest_classifier_half_onnx_matches_scikit_learn(tmp_path, kind):
+    from htvs.conductivity.forest import CLASSIFIER_FILE, ForestConfig, OnnxForest, export_forest, fit_forest
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 8)).astype(np.float32)
+    y = x[:, 1] * 2 - 4 + rng.normal(scale=0.5, size=150)
+    forest = fit_forest(x, y, ForestConfig(n_estimators=15, kind=kind, classifier=True))
+    paths = export_forest(forest, tmp_path)
+    assert [p.name for p in paths][-1] == CLASSIFIER_FILE
+    p_sklearn = forest.classifier.predict_proba(x)[:, list(forest.classifier.classes_).index(True)]
+    np.testing.assert_allclose(forest.classifier_probability(x), p_sklearn, atol=1e-6)
+    onnx_forest = OnnxForest(tmp_path)
+    np.testing.assert_allclose(onnx_forest.classifier_probability(x), p_sklearn, atol=1e-5)
+    ours, theirs = onnx_forest.predict(x), forest.predict(x)
+    np.testing.assert_allclose(ours.p_superionic, theirs.p_superionic, atol=1e-5)
+    fraction = fit_forest(x, y, ForestConfig(n_estimators=15, kind=kind)).predict(x).p_superionic
+    np.testing.assert_allclose(theirs.p_superionic, (fraction + p_sklearn) / 2, atol=1e-6)  # P is the mean
+    assert OnnxForest(tmp_path, classifier=False).classifier_probability(x) is None
+    export_forest(fit_forest(x, y, ForestConfig(n_estimators=5, kind=kind)), tmp_path)  # no classifier now
+    assert not (tmp_path / CLASSIFIER_FILE).exists()  # the stale file is gone, not silently reused
+
+
+def test_forest_classifier_with_one_class_predicts_that_class():
+    from htvs.conductivity.forest import ForestConfig, fit_forest
+
+    x = np.arange(20, dtype=np.float32)[:, None]
+    low = fit_forest(x, np.full(20, -8.0), ForestConfig(n_estimators=3, classifier=True))
+    np.testing.assert_array_equal(low.classifier_probability(x), 0.0)
+    high = fit_forest(x, np.full(20, -2.0), ForestConfig(n_estimators=3, classifier=True))
+    np.testing.assert_array_equal(high.classifier_probability(x), 1.0)
+
+
 def test_float32_threshold_keeps_the_float64_split():
     from htvs.conductivity.forest import _float32_at_or_below
 
