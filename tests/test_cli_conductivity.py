@@ -136,9 +136,21 @@ def test_info_prints_the_model_card_metrics(runner: CliRunner) -> None:
     assert "| model | all |" in result.stdout
     payload = json.loads(runner.invoke(app, ["conductivity", "info", "--json", *MODEL_ARGS]).stdout)
     assert payload["n_models"] >= 1 and payload["test"]["model"]["all"]["n"] > 0
-    if "model_vs_random_forest" in payload:  # the shipped card (format /3) has the bootstrap and calibration
+    if "model_vs_random_forest" in payload:  # the shipped card has the bootstrap and the calibration
         assert "paired bootstrap 95 % interval" in result.stdout and "within 1 std" in result.stdout
         assert payload["model_vs_random_forest"]["ci95_low"] <= payload["model_vs_random_forest"]["mae_difference"]
+
+
+def test_info_writes_the_reliability_diagram_and_refuses_a_bad_path(runner: CliRunner, tmp_path) -> None:
+    image = tmp_path / "reliability.png"
+    result = runner.invoke(app, ["conductivity", "info", "--reliability-plot", str(image)])
+    assert result.exit_code == 0, result.output
+    assert image.stat().st_size > 5000 and "P(superionic) calibration:" in result.stdout
+    assert "test Brier" in result.stdout
+    for bad, named in ((tmp_path / "plot.txt", "plot.txt"), (tmp_path / "absent" / "p.png", "absent")):
+        result = runner.invoke(app, ["conductivity", "info", "--reliability-plot", str(bad)])
+        assert result.exit_code == EXIT_BAD_INPUT and named in result.output
+        assert not bad.exists()
 
 
 def test_structures_dedupe_finds_copies_and_refuses_bad_files(runner, files, tmp_path) -> None:

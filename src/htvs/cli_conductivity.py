@@ -142,6 +142,11 @@ def info(
         None, "--models", help="Ensemble folder with its model_card.json (default: the shipped model)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the model card's summary and test metrics as JSON."),
+    reliability_plot: Path | None = typer.Option(
+        None, "--reliability-plot", metavar="PNG",
+        help="Also write the reliability diagram of P(superionic) (grouped CV and test split, before and after "
+             "calibration) to this image file (.png, .svg or .pdf).",
+    ),
 ) -> None:
     """The model card: training data, split, and test metrics of the ensemble against the baselines."""
     with _clear_errors():
@@ -153,10 +158,12 @@ def info(
             table = metrics_table(card)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelNotReady(f"the model card has no complete test metrics ({type(exc).__name__}: {exc})") from exc
+        if reliability_plot is not None:
+            _write_reliability_plot(card, reliability_plot)
     n_models = len(card.get("models") or [])
     if as_json:
         keys = ("format", "target", "units", "data", "split", "censoring", "model_uncertainty", "model_vs_random_forest",
-                "test")
+                "calibration", "test")
         _emit_json(_finite_json({"n_models": n_models, **{key: card[key] for key in keys if key in card}}))
         return
     console = Console(soft_wrap=True)
@@ -168,6 +175,27 @@ def info(
     console.print(table, highlight=False, markup=False)
     for line in _card_summary(card):
         console.print(line, highlight=False, markup=False)
+
+
+def _write_reliability_plot(card: dict, path: Path) -> None:
+    """The card's reliability diagrams as one image; a card without them, or a bad path, is a clear error."""
+    from htvs.conductivity.calibration import plot_reliability
+    from htvs.errors import InvalidInput, ModelNotReady
+
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise InvalidInput(f"--reliability-plot must end in .png, .svg or .pdf, got {str(path)!r}")
+    probability = card.get("calibration") or {}
+    cv = probability.get("cv") or {}
+    curves = {"grouped CV, as predicted": cv.get("before"), "grouped CV, calibrated (nested)": cv.get("after_nested_cv"),
+              "test, as predicted": probability.get("test_before"), "test, calibrated": probability.get("test_after")}
+    curves = {name: curve for name, curve in curves.items() if isinstance(curve, dict) and "bins" in curve}
+    if not curves:
+        raise ModelNotReady("the model card has no reliability data (a card written before calibration was added)")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--reliability-plot: folder {str(path.parent)!r} does not exist")
+    method = (probability.get("map") or {}).get("method", "?")
+    plot_reliability(curves, path, f"P(σ ≥ 10⁻⁴ S/cm), calibration: {method}")
+    Console(stderr=True).print(f"reliability diagram: {path}", highlight=False)
 
 
 def _card_summary(card: dict) -> list[str]:
@@ -185,4 +213,12 @@ def _card_summary(card: dict) -> list[str]:
     if isinstance(calibration, dict) and {"within_1_std", "within_2_std"} <= set(calibration):
         lines.append(f"uncertainty: {100 * calibration['within_1_std']:.0f} % of test errors within 1 std, "
                      f"{100 * calibration['within_2_std']:.0f} % within 2 std (ideal 68 % / 95 %)")
+    probability = card.get("calibration")
+    if isinstance(probability, dict) and isinstance(probability.get("map"), dict):
+        before, after = probability.get("test_before") or {}, probability.get("test_after") or {}
+        line = f"P(superionic) calibration: {probability['map'].get('method')} ({probability.get('chosen_by', '')})"
+        if {"brier", "ece"} <= set(before) and {"brier", "ece"} <= set(after):
+            line += (f"; test Brier {before['brier']:.3f} -> {after['brier']:.3f}, "
+                     f"expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}")
+        lines.append(line)
     return lines

@@ -13,6 +13,8 @@ Layout (resumable: finished folds are skipped)::
     RUN/cv/fold_K/...        the fold's GNN member (checkpoints as in training)
     RUN/cv/fold_K.npz        out-of-fold GNN predictions of the fold
     RUN/cv/cv.json           per-weight scores and the chosen weight
+    RUN/cv/oof.npz           out-of-fold predictions of every train entry (rows, fold, y, and the
+                             blend at the chosen weight: log10 sigma, std, P) for the calibration
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ def grouped_cv(run_dir: Path, config, data, n_folds: int = 5, forest: ForestConf
         table[str(w)] = {**score(pred.log10_sigma_mean, pred.p_superionic, y),
                          "within_1_std": float(np.mean(err <= pred.log10_sigma_std))}
     best = min(WEIGHT_GRID, key=lambda w: (table[str(w)]["mae_log10_sigma"], -w))
+    chosen = blend(oof["gnn"][None, :], oof["gnn_p"][None, :], trees, best)
+    with atomic_path(cv_dir / "oof.npz") as tmp:
+        np.savez(tmp, rows=oof["rows"], fold=folds[oof["rows"]], y=y, log10_sigma=chosen.log10_sigma_mean,
+                 std=chosen.log10_sigma_std, p_superionic=chosen.p_superionic)
     result = {"n_folds": n_folds, "grouping": "element_set", "n": int(y.size), "blend_weight": best,
               "forest": (forest or ForestConfig()).to_dict(), "by_gnn_weight": table}
     write_json_atomic(result, cv_dir / "cv.json")

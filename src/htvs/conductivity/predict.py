@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from htvs.conductivity.calibration import ProbabilityCalibration
 from htvs.conductivity.forest import blend
 from htvs.conductivity.graph import GraphConfig, build_graph, collate_arrays
-from htvs.errors import NO_LITHIUM, InvalidInput, RowError
+from htvs.errors import NO_LITHIUM, InvalidInput, ModelNotReady, RowError
 from htvs.model_cards import CARD_NAME, read_model_card, sha256_of
 
-CARD_FORMAT = "htvs.conductivity-gnn-ensemble/3"
+CARD_FORMAT = "htvs.conductivity-gnn-ensemble/4"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class ConductivityPrediction:
         id: the caller's identifier.
         log10_sigma_mean: ensemble mean of log10 sigma, sigma in S/cm (300 K).
         log10_sigma_std: ensemble standard deviation of log10 sigma (the uncertainty).
-        p_superionic: ensemble-mean probability that sigma >= 1e-4 S/cm.
+        p_superionic: calibrated probability that sigma >= 1e-4 S/cm (the model card's
+            ``calibration`` map applied to the blend's probability).
     """
 
     id: str
@@ -81,6 +83,7 @@ class ConductivityEnsemble:
         forest: the tree-ensemble half of the blend (``predict(global_features) ->
             ForestPrediction``), or None for the GNN members alone.
         gnn_weight: weight ``w`` of the GNN half in :func:`htvs.conductivity.forest.blend`.
+        calibration: maps the blend's P(superionic) to the calibrated probability served.
     """
 
     models: list
@@ -88,6 +91,7 @@ class ConductivityEnsemble:
     card: dict = field(default_factory=dict)
     forest: object | None = None
     gnn_weight: float = 1.0
+    calibration: ProbabilityCalibration = field(default_factory=ProbabilityCalibration)
 
     def __post_init__(self) -> None:
         from htvs.conductivity.onnx_export import TorchMember
@@ -126,8 +130,15 @@ def load_ensemble(directory: str | Path | None = None, threads: int | None = 1) 
     blend = card.data.get("blend")
     if blend is None:
         return ConductivityEnsemble(models, graph_config, card.data)
-    return ConductivityEnsemble(models, graph_config, card.data, OnnxForest(card.folder, threads),
-                                float(blend["gnn_weight"]))
+    from htvs.conductivity.forest import CLASSIFIER_FILE
+
+    try:
+        calibration = ProbabilityCalibration.from_dict(card.data.get("calibration", {}).get("map", {"method": "identity"}))
+    except (InvalidInput, AttributeError) as exc:
+        raise ModelNotReady(f"{card.path}: bad 'calibration': {exc}") from exc
+    has_classifier = CLASSIFIER_FILE in {entry["file"] for entry in card.data.get("forest_files", [])}
+    return ConductivityEnsemble(models, graph_config, card.data, OnnxForest(card.folder, threads, has_classifier),
+                                float(blend["gnn_weight"]), calibration)
 
 
 def ship_ensemble(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -249,12 +260,13 @@ def predict_conductivity(
         outs = np.stack([member(arrays) for member in ensemble.models])
         trees = ensemble.forest.predict(arrays["global_features"]) if ensemble.forest is not None else None
         pred = blend(outs[:, :, 0], 1 / (1 + np.exp(-outs[:, :, 1])), trees, ensemble.gnn_weight)
+        calibrated = ensemble.calibration.apply(pred.p_superionic)
         for j, row in enumerate(rows[lo: lo + config.batch_size]):
             results[row] = ConductivityPrediction(
                 id=str(structures[row][0]),
                 log10_sigma_mean=float(pred.log10_sigma_mean[j]),
                 log10_sigma_std=float(pred.log10_sigma_std[j]),
-                p_superionic=float(pred.p_superionic[j]),
+                p_superionic=float(calibrated[j]),
             )
     return [r for r in results if r is not None]
 

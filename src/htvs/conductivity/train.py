@@ -39,6 +39,8 @@ from htvs.conductivity.baselines import (
     random_forest_baseline,
     score,
 )
+from htvs.conductivity.calibration import METHODS as CALIBRATION_METHODS
+from htvs.conductivity.calibration import ProbabilityCalibration, choose, reliability
 from htvs.conductivity.cv import grouped_cv
 from htvs.conductivity.forest import ForestConfig, blend, export_forest, fit_forest
 from htvs.conductivity.graph import CrystalGraph, GraphConfig, build_graph, obelix_composition, table_global_features
@@ -76,6 +78,8 @@ class ConductivityTrainConfig:
     forest_trees: int = 300
     forest_min_leaf: int = 2
     forest_max_features: float = 0.33
+    forest_classifier: bool = True
+    calibration: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("n_models", "max_epochs", "batch_size", "threads"):
@@ -89,6 +93,8 @@ class ConductivityTrainConfig:
             raise InvalidInput(f"blend_weight must be in [0, 1] or None (choose by CV), got {self.blend_weight}")
         if self.cv_folds < 2:
             raise InvalidInput(f"cv_folds must be >= 2, got {self.cv_folds}")
+        if self.calibration not in ("auto", *CALIBRATION_METHODS):
+            raise InvalidInput(f"calibration must be 'auto' or one of {CALIBRATION_METHODS}, got {self.calibration!r}")
         if not 0 <= self.structure_dropout < 1:
             raise InvalidInput(f"structure_dropout must be in [0, 1), got {self.structure_dropout}")
 
@@ -306,6 +312,27 @@ def _calibration(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[s
             "within_2_std": float(np.mean(err <= 2 * std))}
 
 
+def _probability_scores(p: np.ndarray, log10_pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Accuracy, ROC-AUC, Brier score and the reliability diagram of P(superionic) on the test split."""
+    found = score(log10_pred, p, truth)
+    return {"accuracy": found["accuracy"], "roc_auc": found["roc_auc"],
+            **reliability(p, truth >= LOG10_THRESHOLD)}
+
+
+def fit_calibration(run_dir: Path, config: ConductivityTrainConfig, cv: dict | None
+                    ) -> tuple[ProbabilityCalibration, dict | None]:
+    """The P(superionic) calibration map chosen on the CV's out-of-fold predictions (``RUN/cv/oof.npz``)
+    and its nested-CV scores, or the identity when the run had no CV (a fixed blend weight)."""
+    if cv is None:
+        return ProbabilityCalibration(), None
+    with np.load(Path(run_dir) / "cv" / "oof.npz") as oof:
+        p, fold, label = oof["p_superionic"], oof["fold"], oof["y"] >= LOG10_THRESHOLD
+    methods = CALIBRATION_METHODS if config.calibration == "auto" else (config.calibration,)
+    calibration, scores, nested = choose(p, label, fold, methods)
+    return calibration, {"methods": scores, "before": reliability(p, label),
+                         "after_nested_cv": reliability(nested, label)}
+
+
 def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=None, test_frame=None,
                    cifs=None, log: Callable[[str], None] = print) -> dict:
     """Train every member (resuming), pick the blend weight by grouped CV (unless fixed), fit the
@@ -333,7 +360,8 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
     models = [load_member(run_dir / f"model_{m['model']}" / "best.pt", config.model) for m in members]
     gnn_members, gnn_member_p = ensemble_predict(models, test)
     forest_config = ForestConfig(n_estimators=config.forest_trees, min_samples_leaf=config.forest_min_leaf,
-                                 seed=config.rf_seed, max_features=config.forest_max_features, kind=config.forest_kind)
+                                 seed=config.rf_seed, max_features=config.forest_max_features, kind=config.forest_kind,
+                                 classifier=config.forest_classifier)
     cv = None
     weight = config.blend_weight
     if weight is None:
@@ -344,7 +372,9 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
     trees = forest.predict(np.stack(test.globals_))
     gnn = blend(gnn_members, gnn_member_p, None, 1.0)
     model = blend(gnn_members, gnn_member_p, trees, weight)
-    mean, prob, std = model.log10_sigma_mean, model.p_superionic, model.log10_sigma_std
+    calibration, calibration_cv = fit_calibration(run_dir, config, cv)
+    mean, raw_prob, std = model.log10_sigma_mean, model.p_superionic, model.log10_sigma_std
+    prob = calibration.apply(raw_prob)
     base_mean = mean_baseline(train.log10_sigma, len(test))
     rf = random_forest_baseline(train_frame, test_frame, seed=config.rf_seed)
     truth = test.log10_sigma.astype(float)
@@ -375,6 +405,16 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         },
         "model_vs_random_forest": {"a": "model", "b": "random_forest", "subset": "all",
                                    **paired_bootstrap_mae(mean, rf.log10_sigma, truth)},
+        "calibration": {
+            "map": calibration.to_dict(),
+            "applies_to": "P(superionic) of the blend; the model row of `test` scores the calibrated P",
+            "chosen_by": ("nested element-set-grouped CV on the train split's out-of-fold P (lowest Brier)"
+                          if calibration_cv is not None else "no CV in this run: identity"),
+            "cv": calibration_cv,
+            "test_before": _probability_scores(raw_prob, mean, truth),
+            "test_after": _probability_scores(prob, mean, truth),
+            "random_forest_test": _probability_scores(rf.p_superionic, rf.log10_sigma, truth),
+        },
         "model_uncertainty": _calibration(mean, std, truth),
         "gnn_uncertainty": _calibration(gnn.log10_sigma_mean, gnn.log10_sigma_std, truth),
         "forest_uncertainty": _calibration(trees.log10_sigma, trees.spread, truth),
