@@ -322,3 +322,17 @@ def test_paired_bootstrap_sees_a_clear_and_a_null_difference():
     assert clear["mae_difference"] == pytest.approx(np.mean(np.abs(good - truth)) - np.mean(np.abs(bad - truth)))
     null = paired_bootstrap_mae(good, good, truth, n_resamples=200)
     assert null["mae_difference"] == 0 and null["fraction_a_better"] == 0
+
+
+def test_paired_bootstrap_of_the_classification_sees_the_better_classifier():
+    from htvs.conductivity.baselines import paired_bootstrap_classification
+
+    rng = np.random.default_rng(2)
+    truth = rng.normal(-4, 2, size=300)
+    sharp = 1 / (1 + np.exp(-3 * (truth + 4 + rng.normal(scale=0.3, size=300))))
+    vague = 1 / (1 + np.exp(-0.5 * (truth + 4 + rng.normal(scale=3.0, size=300))))
+    out = paired_bootstrap_classification(sharp, vague, truth, n_resamples=300)
+    for name in ("accuracy", "roc_auc"):
+        assert out[name]["difference"] > 0 and out[name]["ci95_low"] > 0 and out[name]["fraction_a_better"] > 0.99
+    same = paired_bootstrap_classification(sharp, sharp, truth, n_resamples=50)
+    assert same["accuracy"]["difference"] == 0 and same["roc_auc"]["fraction_a_better"] == 0

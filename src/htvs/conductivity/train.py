@@ -35,6 +35,7 @@ from htvs.checkpoints import end_epoch, resume, save_atomic
 from htvs.conductivity.baselines import (
     LOG10_THRESHOLD,
     mean_baseline,
+    paired_bootstrap_classification,
     paired_bootstrap_mae,
     random_forest_baseline,
     score,
@@ -405,6 +406,10 @@ def train_ensemble(run_dir: Path, config: ConductivityTrainConfig, train_frame=N
         },
         "model_vs_random_forest": {"a": "model", "b": "random_forest", "subset": "all",
                                    **paired_bootstrap_mae(mean, rf.log10_sigma, truth)},
+        "model_vs_random_forest_by_subset": {
+            name: {"mae": paired_bootstrap_mae(mean[m], rf.log10_sigma[m], truth[m]),
+                   **paired_bootstrap_classification(prob[m], rf.p_superionic[m], truth[m])}
+            for name, m in subsets.items() if m.any()},
         "calibration": {
             "map": calibration.to_dict(),
             "applies_to": "P(superionic) of the blend; the model row of `test` scores the calibrated P",
