@@ -188,12 +188,14 @@ def _write_reliability_plot(card: dict, path: Path) -> None:
     cv = probability.get("cv") or {}
     curves = {"grouped CV, as predicted": cv.get("before"), "grouped CV, calibrated (nested)": cv.get("after_nested_cv"),
               "test, as predicted": probability.get("test_before"), "test, calibrated": probability.get("test_after")}
+    method = (probability.get("map") or {}).get("method", "?")
+    if method == "identity":  # the calibrated curves are the same as the predicted ones: draw them once
+        curves = {"grouped CV (out of fold)": curves["grouped CV, as predicted"], "test split": curves["test, as predicted"]}
     curves = {name: curve for name, curve in curves.items() if isinstance(curve, dict) and "bins" in curve}
     if not curves:
         raise ModelNotReady("the model card has no reliability data (a card written before calibration was added)")
     if not path.parent.is_dir():
         raise InvalidInput(f"--reliability-plot: folder {str(path.parent)!r} does not exist")
-    method = (probability.get("map") or {}).get("method", "?")
     plot_reliability(curves, path, f"P(σ ≥ 10⁻⁴ S/cm), calibration: {method}")
     Console(stderr=True).print(f"reliability diagram: {path}", highlight=False)
 

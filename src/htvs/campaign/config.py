@@ -191,7 +191,9 @@ class GenerationSection(_Section):
 class ConductivitySection(_Section):
     """Stage 6: the conductivity GNN ensemble on the unique structures.
 
-    ``min_p_superionic`` is the shortlist threshold on P(sigma(300 K) >= 1e-4 S/cm).
+    ``min_p_superionic`` is the shortlist threshold on P(sigma(300 K) >= 1e-4 S/cm), the model's
+    calibrated probability (its card's ``calibration``: the map chosen by nested element-set-grouped
+    CV on the OBELiX train split; on data from other chemistries it can be off, see the card).
     """
 
     models: Path | None = None  # null = the shipped ensemble in src/htvs/models/conductivity

@@ -173,13 +173,13 @@ def plot_reliability(curves: dict[str, dict], path, title: str = "") -> None:
         xs, ys, ns = zip(*pts) if pts else ((), (), ())
         ax.plot(xs, ys, marker="o", label=f"{name} (Brier {curve['brier']:.3f}, ECE {curve['ece']:.3f})")
         for x, y, n in zip(xs, ys, ns):
-            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(3, -9), fontsize=6)
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(3, -9), fontsize=6)  # entries in the bin
     ax.set_xlabel("predicted P(σ ≥ 10⁻⁴ S/cm)")
     ax.set_ylabel("observed fraction superionic")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.set_title(f"{title}\n(numbers: entries per bin)" if title else "numbers: entries per bin", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -63,8 +63,8 @@ STRUCTURE_CANDIDATES = (
     Column("log10_sigma_mean", "log10(S/cm)", "predicted log10 σ(300 K): median of the conductivity "
            "ensemble"),
     Column("log10_sigma_std", "log10(S/cm)", "spread of the predicted log10 σ(300 K) over the ensemble"),
-    Column("p_superionic", NO_UNIT, "P(σ(300 K) ≥ 10⁻⁴ S/cm) from the ensemble, 0..1; the shortlist cut "
-           "applies to it"),
+    Column("p_superionic", NO_UNIT, "P(σ(300 K) ≥ 10⁻⁴ S/cm) from the ensemble, 0..1, calibrated in "
+           "grouped CV (see the model card); the shortlist cut applies to it"),
     *(c for c in _FORMULA_COLUMNS if c.name != "formula"),
 )
 
