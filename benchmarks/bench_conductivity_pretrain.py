@@ -253,7 +253,7 @@ def main() -> int:
             bootstrap[f"{a} vs {b} ({s})"] = paired_bootstrap_mae(preds[a][0][m], preds[b][0][m], truth[m])
     seconds["total"] = time.perf_counter() - start
     out = {"machine": machine_info(), "settings": json.loads((args.work / "settings.json").read_text()),
-           "mp": {"graphs": n_mp, "skipped": skipped}, "pretraining": {k: v for k, v in pre.items() if k != "history"},
+           "forest": forest_config.to_dict(), "mp": {"graphs": n_mp, "skipped": skipped}, "pretraining": {k: v for k, v in pre.items() if k != "history"},
            "pretraining_history": pre["history"], "counts": counts, "best_in_cv": best,
            "gnn_cv": {k: {"blend_weight": v["blend_weight"], "member_epochs": v["member_epochs"],
                           "by_gnn_weight": v["by_gnn_weight"]} for k, v in cv_gnn.items()},
