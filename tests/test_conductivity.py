@@ -336,3 +336,6 @@ def test_paired_bootstrap_of_the_classification_sees_the_better_classifier():
         assert out[name]["difference"] > 0 and out[name]["ci95_low"] > 0 and out[name]["fraction_a_better"] > 0.99
     same = paired_bootstrap_classification(sharp, sharp, truth, n_resamples=50)
     assert same["accuracy"]["difference"] == 0 and same["roc_auc"]["fraction_a_better"] == 0
+    one_class = paired_bootstrap_classification(sharp[:3], vague[:3], np.full(3, -8.0), n_resamples=20)
+    assert one_class["roc_auc"]["n_resamples"] == 0 and np.isnan(one_class["roc_auc"]["difference"])
+    assert one_class["accuracy"]["n_resamples"] == 20

@@ -102,9 +102,15 @@ def paired_bootstrap_classification(p_a: np.ndarray, p_b: np.ndarray, log10_true
     accuracy = right_a[rows].mean(axis=1) - right_b[rows].mean(axis=1)
     auc = np.array([roc_auc_score(label[r], p_a[r]) - roc_auc_score(label[r], p_b[r])
                     for r in rows if 0 < label[r].sum() < label.size])
+    one_class = label.all() or not label.any()
     out = {}
     for name, observed, diff in (("accuracy", right_a.mean() - right_b.mean(), accuracy),
-                                 ("roc_auc", roc_auc_score(label, p_a) - roc_auc_score(label, p_b), auc)):
+                                 ("roc_auc", np.nan if one_class else roc_auc_score(label, p_a) - roc_auc_score(label, p_b),
+                                  auc)):
+        if diff.size == 0:  # a ROC-AUC needs both classes: none of the resamples had them
+            out[name] = {"difference": float("nan"), "ci95_low": float("nan"), "ci95_high": float("nan"),
+                         "fraction_a_better": float("nan"), "n_resamples": 0}
+            continue
         low, high = np.percentile(diff, [2.5, 97.5])
         out[name] = {"difference": float(observed), "ci95_low": float(low), "ci95_high": float(high),
                      "fraction_a_better": float(np.mean(diff > 0)), "n_resamples": int(diff.size)}
