@@ -146,7 +146,7 @@ def test_info_writes_the_reliability_diagram_and_refuses_a_bad_path(runner: CliR
     result = runner.invoke(app, ["conductivity", "info", "--reliability-plot", str(image)])
     assert result.exit_code == 0, result.output
     assert image.stat().st_size > 5000 and "P(superionic) calibration:" in result.stdout
-    assert "test Brier" in result.stdout
+    assert "test Brier" in result.stdout and "pretraining: none" in result.stdout
     for bad, named in ((tmp_path / "plot.txt", "plot.txt"), (tmp_path / "absent" / "p.png", "absent")):
         result = runner.invoke(app, ["conductivity", "info", "--reliability-plot", str(bad)])
         assert result.exit_code == EXIT_BAD_INPUT and named in result.output

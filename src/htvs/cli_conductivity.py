@@ -163,7 +163,7 @@ def info(
     n_models = len(card.get("models") or [])
     if as_json:
         keys = ("format", "target", "units", "data", "split", "censoring", "model_uncertainty", "model_vs_random_forest",
-                "calibration", "test")
+                "pretraining", "calibration", "test")
         _emit_json(_finite_json({"n_models": n_models, **{key: card[key] for key in keys if key in card}}))
         return
     console = Console(soft_wrap=True)
@@ -215,6 +215,8 @@ def _card_summary(card: dict) -> list[str]:
     if isinstance(calibration, dict) and {"within_1_std", "within_2_std"} <= set(calibration):
         lines.append(f"uncertainty: {100 * calibration['within_1_std']:.0f} % of test errors within 1 std, "
                      f"{100 * calibration['within_2_std']:.0f} % within 2 std (ideal 68 % / 95 %)")
+    if isinstance(card.get("pretraining"), str):
+        lines.append(f"pretraining: {card['pretraining']}")
     probability = card.get("calibration")
     if isinstance(probability, dict) and isinstance(probability.get("map"), dict):
         before, after = probability.get("test_before") or {}, probability.get("test_after") or {}
