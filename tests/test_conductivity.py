@@ -106,6 +106,11 @@ def test_tiny_ensemble_trains_resumes_and_ships(tmp_path, small_cifs):
     assert blend["cv"]["by_gnn_weight"][str(blend["gnn_weight"])]["mae_log10_sigma"] == best
     assert [m["epochs"] for m in metrics["members"]] == [2, 2]
     assert (tmp_path / "run" / "metrics.json").exists()
+    # the calibration map is chosen on the CV's out-of-fold P and scored on the test split before and after
+    calibration = metrics["calibration"]
+    assert calibration["map"]["method"] in calibration["cv"]["methods"]
+    assert calibration["cv"]["before"]["n"] == len(frame) and calibration["test_after"]["n"] == len(test_frame)
+    assert metrics["test"]["model"]["all"]["accuracy"] == calibration["test_after"]["accuracy"]
 
     # resume: stop member 0 after epoch 1, continue to epoch 2 -> same weights as uninterrupted
     from htvs.conductivity.train import build_graph_cache
@@ -130,6 +135,8 @@ def test_tiny_ensemble_trains_resumes_and_ships(tmp_path, small_cifs):
     assert shipped["onnx_max_abs_diff"] < 1e-4  # the ONNX members compute what the torch ones do
     # the shipped predictor carries the forest and the CV-chosen weight
     assert ensemble.forest is not None and ensemble.gnn_weight == blend["gnn_weight"]
+    assert ensemble.forest.classifier is not None  # the classifier half ships with its card entry
+    assert ensemble.calibration.to_dict() == calibration["map"]
     (card.parent / "member_1.onnx").write_bytes(b"tampered")
     with pytest.raises(ModelNotReady, match="sha256"):
         load_ensemble(card.parent)
