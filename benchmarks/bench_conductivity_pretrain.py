@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
 
 N_FOLDS = 5
-DEFAULT_MP = Path("/work/shared/data/mp_structures/mp_structures.jsonl.gz")
 CONFIGS = ("gnn_scratch", "gnn_scratch+forest", "gnn_pretrained", "gnn_pretrained+forest", "forest+embedding",
            "forest", "random_forest")
 LABELS = {
@@ -138,7 +137,8 @@ def gnn_cv_and_members(work: Path, name: str, config, train, forest_config, log,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/cond-pretrain"))
-    parser.add_argument("--mp", type=Path, default=DEFAULT_MP)
+    parser.add_argument("--mp", type=Path, default=None,
+                        help="the MP snapshot (mp_structures.jsonl.gz; default: htvs.datasets.mp_structures_path())")
     parser.add_argument("--n-mp", type=int, default=24000)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--gnn-max-epochs", type=int, default=120,
@@ -159,8 +159,9 @@ def main() -> int:
     from htvs.conductivity.graph import GraphConfig
     from htvs.conductivity.pretrain import PretrainConfig, build_mp_graphs, load_pretrained, pretrain, read_mp_rows
     from htvs.conductivity.train import ConductivityTrainConfig, build_graph_cache, ensemble_predict, make_entries
-    from htvs.datasets import load_obelix, load_obelix_cifs
+    from htvs.datasets import load_obelix, load_obelix_cifs, mp_structures_path
 
+    args.mp = args.mp if args.mp is not None else mp_structures_path()
     pre_config = PretrainConfig(n_structures=args.n_mp, epochs=args.epochs)
     train_config = ConductivityTrainConfig(threads=1, max_epochs=args.gnn_max_epochs)
     check_config(args.work / "settings.json", {"mp": str(args.mp), "pretrain": pre_config.to_dict(),
