@@ -155,9 +155,11 @@ def mp_graph(row: dict, config: PretrainConfig) -> tuple[CrystalGraph, np.ndarra
     from htvs.prototypes.readers import parse_cif
 
     try:
-        targets = mp_targets(row, config.max_abs_formation)
-    except InvalidInput as err:
-        return None, None, "outlier" if "outside" in str(err) else "bad_target"
+        targets = mp_targets(row, math.inf)
+    except InvalidInput:
+        return None, None, "bad_target"
+    if abs(targets[0]) > config.max_abs_formation:
+        return None, None, "outlier"
     try:
         structure = parse_cif(str(row.get("cif", "")))[0]
     except Exception:  # noqa: BLE001 - parse_cif raises InvalidInput; pymatgen may raise others
