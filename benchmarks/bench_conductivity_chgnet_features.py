@@ -63,20 +63,16 @@ MIN_SITE_OCCUPANCY = 0.5
 MIN_SEPARATION = 0.5  # Å
 
 
-def majority_approximant(structure):
-    """Each site -> its majority species, sites with total occupancy < 0.5 dropped, near duplicates
-    (< 0.5 Å) removed. Returns None if an element is lost."""
+def _element_symbol(specie) -> str:
+    """The element symbol of a pymatgen Element or Species (``"Li"`` for Li+)."""
+    return getattr(specie, "element", specie).symbol
+
+
+def _approximant(structure, species: list[str], coords: list):
+    """The ordered structure of ``species`` at ``coords`` in ``structure``'s lattice, sites closer than
+    0.5 Å to a kept one dropped; None if it is empty or lost an element of ``structure``."""
     from pymatgen.core import Structure
 
-    species, coords = [], []
-    for site in structure:
-        total = sum(site.species.values())
-        if total < MIN_SITE_OCCUPANCY:
-            continue
-        specie, _ = max(site.species.items(), key=lambda kv: kv[1])
-        symbol = getattr(specie, "symbol", None) or specie.element.symbol
-        species.append(symbol)
-        coords.append(site.frac_coords)
     if not species:
         return None
     out = Structure(structure.lattice, species, coords)
@@ -85,6 +81,20 @@ def majority_approximant(structure):
     if {e.symbol for e in out.composition} != {e.symbol for e in structure.composition.element_composition}:
         return None
     return out
+
+
+def majority_approximant(structure):
+    """Each site -> its majority species, sites with total occupancy < 0.5 dropped, near duplicates
+    (< 0.5 Å) removed. Returns None if an element is lost."""
+    species, coords = [], []
+    for site in structure:
+        total = sum(site.species.values())
+        if total < MIN_SITE_OCCUPANCY:
+            continue
+        specie, _ = max(site.species.items(), key=lambda kv: kv[1])
+        species.append(_element_symbol(specie))
+        coords.append(site.frac_coords)
+    return _approximant(structure, species, coords)
 
 
 def _largest_remainder(totals: dict, n_sites: int) -> dict:
@@ -109,34 +119,25 @@ def rounded_approximant(structure):
     proportion to its total occupancies (largest remainder; every element kept when the group has
     room; the rest vacancies), assigned to the group's sites in file order; sites closer than
     0.5 Å to a kept one are then dropped. No supercell, no energy ranking. None if an element is lost."""
-    from pymatgen.core import Structure
-
     from htvs.prototypes.ordering import _site_groups
 
     species, coords = [], []
     for site in structure:
         if site.is_ordered:
-            species.append(site.specie.symbol if hasattr(site.specie, "symbol") else site.specie.element.symbol)
+            species.append(_element_symbol(site.specie))
             coords.append(site.frac_coords)
     for group in _site_groups(structure):
         totals: dict[str, float] = {}
         for i in group:
             for sp, occ in structure[i].species.items():
-                el = getattr(sp, "element", sp).symbol
+                el = _element_symbol(sp)
                 totals[el] = totals.get(el, 0.0) + float(occ)
         counts = _largest_remainder(totals, len(group))
         labels = [el for el in sorted(totals, key=lambda e: -totals[e]) for _ in range(counts[el])]
         for i, el in zip(group, labels):
             species.append(el)
             coords.append(structure[i].frac_coords)
-    if not species:
-        return None
-    out = Structure(structure.lattice, species, coords)
-    if len(out) > 1:
-        out.merge_sites(tol=MIN_SEPARATION, mode="delete")
-    if {e.symbol for e in out.composition} != {e.symbol for e in structure.composition.element_composition}:
-        return None
-    return out
+    return _approximant(structure, species, coords)
 
 
 def prepare(structure, approximant: str):
